@@ -1,0 +1,375 @@
+"""Train a byte-level BPE tokenizer and turn a corpus into a cached token stream.
+
+The cache is a directory holding ``tokens.bin`` (raw uint16/uint32 ids, read
+back as a memory map), ``doc_offsets.npy`` and ``meta.json``. It is named by a
+fingerprint of the inputs, built in a temporary sibling directory and renamed
+into place only when complete, so an interrupted build is never mistaken for a
+finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from lmtrain.data.readers import check_encoding_errors, iter_documents
+from lmtrain.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # transformers is slow to import; only needed when training a tokenizer
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+__all__ = [
+    "PIPELINE_VERSION",
+    "SPECIAL_TOKENS",
+    "TokenCache",
+    "build_token_cache",
+    "default_cache_root",
+    "train_bpe_tokenizer",
+]
+
+# Bump when the on-disk format or tokenization logic changes: old caches are then ignored.
+PIPELINE_VERSION = "1"
+EOS_TOKEN, PAD_TOKEN, MASK_TOKEN = "<|endoftext|>", "<pad>", "<mask>"
+SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, MASK_TOKEN]
+
+_PIECE_CHARS = 1 << 16  # long documents are encoded in pieces of about this size ...
+_BATCH_CHARS = 1 << 22  # ... and pieces are sent to the tokenizer in batches of about this size
+_TOKENS_FILE, _OFFSETS_FILE, _META_FILE = "tokens.bin", "doc_offsets.npy", "meta.json"
+
+
+# --------------------------------------------------------------------------- tokenizer training
+
+
+def _training_texts(docs: Iterator[str]) -> Iterator[str]:
+    # The trainer parallelises over items; whole-book documents would use one core.
+    for doc in docs:
+        if len(doc) <= _PIECE_CHARS:
+            yield doc
+        else:
+            yield from _split_document(doc)
+
+
+def train_bpe_tokenizer(
+    files: Sequence[Path],
+    vocab_size: int = 8192,
+    text_column: str = "text",
+    encoding_errors: str = "strict",
+) -> "PreTrainedTokenizerFast":
+    """Train a GPT-2 style byte-level BPE on ``files`` and wrap it for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
+        raise ConfigError(
+            f"vocab_size {vocab_size} is too small for a byte-level BPE "
+            f"(it needs {len(alphabet) + len(SPECIAL_TOKENS)} base tokens); pass --vocab_size 512 or more"
+        )
+    check_encoding_errors(encoding_errors)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,  # ids 0, 1, 2
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    docs = iter_documents(files, text_column=text_column, encoding_errors=encoding_errors)
+    tok.train_from_iterator(_training_texts(docs), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        mask_token=MASK_TOKEN,
+        # decode(encode(text)) must give back text exactly
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# --------------------------------------------------------------------------- token cache
+
+
+@dataclass
+class TokenCache:
+    """A tokenized corpus on disk: every document's ids followed by EOS."""
+
+    tokens: np.ndarray  # 1-D np.memmap, uint16 or uint32
+    doc_offsets: np.ndarray  # int64, start of each document in tokens, plus the end
+    path: Path
+    num_tokens: int
+    num_documents: int
+    num_bytes: int  # UTF-8 bytes of the source documents
+    vocab_size: int
+    fingerprint: str = ""
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Average UTF-8 bytes per token (EOS included), for bits-per-byte."""
+        return self.num_bytes / max(1, self.num_tokens)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TokenCache":
+        """Open a complete cache directory (memory-mapped; nothing is read eagerly)."""
+        path = Path(path)
+        meta_file = path / _META_FILE
+        try:
+            meta = json.loads(meta_file.read_text())
+            dtype = np.dtype(meta["dtype"])
+            n = int(meta["num_tokens"])
+            if not meta.get("complete") or (path / _TOKENS_FILE).stat().st_size != n * dtype.itemsize:
+                raise ValueError("incomplete")
+            tokens = np.memmap(path / _TOKENS_FILE, dtype=dtype, mode="r", shape=(n,))
+            offsets = np.load(path / _OFFSETS_FILE, mmap_mode="r")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(
+                f"{path} is not a complete token cache ({e}); delete it or pass --overwrite_cache"
+            ) from None
+        return cls(
+            tokens=tokens,
+            doc_offsets=offsets,
+            path=path,
+            num_tokens=n,
+            num_documents=int(meta["num_documents"]),
+            num_bytes=int(meta["num_bytes"]),
+            vocab_size=int(meta["vocab_size"]),
+            fingerprint=str(meta.get("fingerprint", "")),
+        )
+
+
+def default_cache_root() -> Path:
+    """``$LMTRAIN_CACHE``, else ``$XDG_CACHE_HOME/lmtrain``, else ``~/.cache/lmtrain``."""
+    if os.environ.get("LMTRAIN_CACHE"):
+        return Path(os.environ["LMTRAIN_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "lmtrain"
+    return Path.home() / ".cache" / "lmtrain"
+
+
+def _tokenizer_state(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    vocab = tokenizer.get_vocab()
+    return type(tokenizer).__name__ + json.dumps(sorted(vocab.items()))
+
+
+def _fingerprint(files: Sequence[Path], tokenizer: Any, **options: Any) -> str:
+    h = hashlib.sha256()
+    stats = []
+    for f in files:
+        st = os.stat(f)
+        stats.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+    h.update(json.dumps({"v": PIPELINE_VERSION, "files": stats, **options}, sort_keys=True).encode())
+    h.update(_tokenizer_state(tokenizer).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:16]
+
+
+def _separator_id(tokenizer: Any) -> int:
+    for name in ("eos_token_id", "sep_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    raise DataError(
+        "the tokenizer has no eos_token (or sep_token) to put between documents; "
+        "use a tokenizer that defines one"
+    )
+
+
+def _encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    """A function mapping a batch of texts to id lists, without special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    from tokenizers import Tokenizer
+
+    # A private copy, so turning off truncation/padding does not touch the caller's.
+    tok = Tokenizer.from_str(backend.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: skips offsets
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+def _split_document(doc: str) -> list[str]:
+    """Cut ``doc`` after newlines that precede non-space text, about every _PIECE_CHARS.
+
+    For GPT-2 style pre-tokenizers such a point is always a pre-token boundary,
+    so encoding the pieces separately gives the same ids as the whole text.
+    """
+    pieces, start, n = [], 0, len(doc)
+    while n - start > _PIECE_CHARS:
+        cut = doc.find("\n", start + _PIECE_CHARS)
+        while cut != -1 and cut + 1 < n and doc[cut + 1].isspace():
+            cut = doc.find("\n", cut + 1)
+        if cut == -1 or cut + 1 >= n:
+            break
+        pieces.append(doc[start : cut + 1])
+        start = cut + 1
+    pieces.append(doc[start:])
+    return pieces
+
+
+_PROBE = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n"
+    "x = 1\t# tab\n'Tis 42 o'clock, naïve café — ünïcödé 漢字.\r\nEnd\n\n\nTHE END\n"
+)
+
+
+def _splitting_is_exact(encode: Callable[[list[str]], list[list[int]]]) -> bool:
+    """Check on a probe text that this tokenizer gives the same ids piecewise."""
+    cuts = [i + 1 for i, ch in enumerate(_PROBE[:-1]) if ch == "\n" and not _PROBE[i + 1].isspace()]
+    pieces = [_PROBE[a:b] for a, b in zip([0] + cuts, cuts + [len(_PROBE)])]
+    whole = encode([_PROBE])[0]
+    return whole == [i for ids in encode(pieces) for i in ids]
+
+
+def build_token_cache(
+    files: Sequence[Path],
+    tokenizer: "PreTrainedTokenizerBase",
+    cache_dir: str | Path | None = None,
+    text_column: str = "text",
+    encoding_errors: str = "strict",
+    overwrite: bool = False,
+    append_eos: bool = True,
+) -> TokenCache:
+    """Tokenize ``files`` once into ``<cache_dir>/tokens-<fingerprint>`` and memory-map it.
+
+    A complete cache with the same fingerprint (files' paths, sizes and mtimes,
+    tokenizer, options) is reused unless ``overwrite``.
+    """
+    check_encoding_errors(encoding_errors)
+    files = [Path(f) for f in files]
+    if not files:
+        raise DataError("no input files given; pass --train_file PATH")
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"no such file or directory: {f}; check the path")
+    vocab_size = len(tokenizer)
+    eos_id = _separator_id(tokenizer) if append_eos else None
+    fp = _fingerprint(
+        files, tokenizer, text_column=text_column, encoding_errors=encoding_errors,
+        append_eos=append_eos, eos_id=eos_id,
+    )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    final = root / f"tokens-{fp}"
+    if final.is_dir() and not overwrite:
+        try:
+            return TokenCache.load(final)
+        except DataError:
+            pass  # damaged by hand: rebuild it below
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_cache(tmp, files, tokenizer, text_column, encoding_errors, eos_id, vocab_size, fp)
+        _move_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TokenCache.load(final)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    # A directory cannot be renamed over a non-empty one: move the old one aside first.
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        # Another process finished the same cache first: keep theirs.
+        if not (final / _META_FILE).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_cache(
+    out: Path,
+    files: Sequence[Path],
+    tokenizer: Any,
+    text_column: str,
+    encoding_errors: str,
+    eos_id: int | None,
+    vocab_size: int,
+    fingerprint: str,
+) -> None:
+    dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+    encode = _encoder(tokenizer)
+    can_split = _splitting_is_exact(encode)
+    offsets = array("q", [0])
+    num_tokens = num_bytes = 0
+    batch: list[str] = []
+    ends: list[bool] = []  # ends[i]: batch[i] is the last piece of its document
+    batch_chars = 0
+
+    def flush() -> None:
+        nonlocal num_tokens, batch_chars
+        if not batch:
+            return
+        ids: list[int] = []
+        for piece_ids, last in zip(encode(batch), ends):
+            ids.extend(piece_ids)
+            if last:
+                if eos_id is not None:
+                    ids.append(eos_id)
+                offsets.append(num_tokens + len(ids))
+        arr = np.asarray(ids, dtype=np.int64)
+        if arr.size and (arr.max() >= vocab_size or arr.min() < 0):
+            bad = int(arr.max() if arr.max() >= vocab_size else arr.min())
+            raise DataError(
+                f"the tokenizer produced token id {bad}, outside its vocabulary of {vocab_size}; "
+                "use a consistent tokenizer (re-save or retrain it)"
+            )
+        arr.astype(dtype).tofile(fh)
+        num_tokens += arr.size
+        batch.clear()
+        ends.clear()
+        batch_chars = 0
+
+    with open(out / _TOKENS_FILE, "wb") as fh:
+        for doc in iter_documents(files, text_column=text_column, encoding_errors=encoding_errors):
+            num_bytes += len(doc.encode("utf-8"))
+            pieces = _split_document(doc) if can_split and len(doc) > _PIECE_CHARS else [doc]
+            for k, piece in enumerate(pieces):
+                batch.append(piece)
+                ends.append(k == len(pieces) - 1)
+                batch_chars += len(piece)
+                if batch_chars >= _BATCH_CHARS:
+                    flush()
+        flush()
+        fh.flush()
+        os.fsync(fh.fileno())
+    num_documents = len(offsets) - 1
+    if num_tokens == 0:
+        raise DataError(
+            f"the input files ({', '.join(map(str, files))}) produced no tokens; add text to them"
+        )
+    np.save(out / _OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    meta = {
+        "num_tokens": num_tokens,
+        "num_documents": num_documents,
+        "num_bytes": num_bytes,
+        "dtype": dtype.name,
+        "vocab_size": vocab_size,
+        "fingerprint": fingerprint,
+        "pipeline_version": PIPELINE_VERSION,
+        "files": [str(Path(f).resolve()) for f in files],
+        "complete": True,
+    }
+    # meta.json is written last: its presence marks the directory complete.
+    (out / _META_FILE).write_text(json.dumps(meta, indent=1))

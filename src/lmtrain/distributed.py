@@ -1,0 +1,146 @@
+"""Where and how the model runs: device, precision, and (under torchrun) the process group.
+
+Everything that differs between CPU, one GPU and many processes lives here, so the training loop
+calls the same four things everywhere: `autocast()`, `backward(loss)`, `no_sync(model, last)` and
+`all_reduce_sum(t)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Optional
+
+import torch
+
+
+def env_world() -> tuple:
+    """(rank, local_rank, world_size) from torchrun's environment variables."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def pick_device(use_cpu: bool = False, local_rank: int = 0) -> torch.device:
+    if not use_cpu and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if not use_cpu and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class Runtime:
+    """Device, precision and process-group facts for one process."""
+
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None
+    """bf16/fp16 autocast dtype, or None for full precision."""
+    scaler: Any = None
+    """A GradScaler for fp16 (None otherwise)."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    notes: list = field(default_factory=list)
+    """Adjustments made to the user's settings, shown in the start-up summary."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> ContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def no_sync(self, model: torch.nn.Module, last_micro_batch: bool) -> ContextManager:
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+        if self.distributed and not last_micro_batch and hasattr(model, "no_sync"):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            torch.distributed.all_reduce(value)
+        return value
+
+    def sum_int(self, value: int) -> int:
+        """Sum a host integer over ranks (label-token counts); a no-op on one process."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return int(t.item())
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def setup_runtime(args: Any) -> Runtime:
+    """Resolve device and precision from TrainingArguments; join the process group under torchrun."""
+    rank, local_rank, world = env_world()
+    device = pick_device(args.use_cpu, local_rank)
+    rt = Runtime(device=device, rank=rank, local_rank=local_rank, world_size=world)
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = args.ddp_backend or ("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=backend)
+    if device.type == "cuda":
+        tf32 = True if args.tf32 is None else args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if args.bf16:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            from .errors import ConfigError
+
+            raise ConfigError("bf16 was asked for but this GPU does not support it; use fp16 instead.")
+        rt.amp_dtype = torch.bfloat16
+    elif args.fp16:
+        if device.type == "cpu":
+            rt.notes.append("fp16 is not useful on the CPU; training in float32 (use bf16 for mixed precision).")
+        else:
+            rt.amp_dtype = torch.float16
+            rt.scaler = torch.amp.GradScaler(device.type)
+    return rt
+
+
+def wrap_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """Data-parallel wrapper under torchrun (DDP); the bare model on one process."""
+    if not rt.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def main_process_first(rt: Runtime) -> Callable[[], ContextManager]:
+    @contextlib.contextmanager
+    def ctx():
+        if not rt.is_main:
+            rt.barrier()
+        yield
+        if rt.is_main:
+            rt.barrier()
+
+    return ctx

@@ -1,0 +1,225 @@
+"""Callbacks with the transformers event names, plus lmtrain's console, JSONL and TensorBoard loggers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from .state import TrainState
+
+
+@dataclass
+class TrainerControl:
+    """Flags a callback sets to steer the loop; the loop resets them after acting."""
+
+    should_training_stop: bool = False
+    should_epoch_stop: bool = False
+    should_save: bool = False
+    should_evaluate: bool = False
+    should_log: bool = False
+
+    # transformers exposes `should_training_stop`; `should_stop` reads better.
+    @property
+    def should_stop(self) -> bool:
+        return self.should_training_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.should_training_stop = value
+
+    def _new_step(self) -> None:
+        self.should_save = self.should_evaluate = self.should_log = False
+
+
+class TrainerCallback:
+    """Base class: override any event. Each gets (args, state, control, **kwargs) like transformers."""
+
+    def on_init_end(self, args, state, control, **kwargs): ...
+    def on_train_begin(self, args, state, control, **kwargs): ...
+    def on_train_end(self, args, state, control, **kwargs): ...
+    def on_epoch_begin(self, args, state, control, **kwargs): ...
+    def on_epoch_end(self, args, state, control, **kwargs): ...
+    def on_step_begin(self, args, state, control, **kwargs): ...
+    def on_pre_optimizer_step(self, args, state, control, **kwargs): ...
+    def on_optimizer_step(self, args, state, control, **kwargs): ...
+    def on_substep_end(self, args, state, control, **kwargs): ...
+    def on_step_end(self, args, state, control, **kwargs): ...
+    def on_evaluate(self, args, state, control, **kwargs): ...
+    def on_predict(self, args, state, control, metrics, **kwargs): ...
+    def on_save(self, args, state, control, **kwargs): ...
+    def on_log(self, args, state, control, logs=None, **kwargs): ...
+    def on_prediction_step(self, args, state, control, **kwargs): ...
+
+
+class CallbackHandler:
+    """Calls every registered callback for an event, in order; a callback may return a new control."""
+
+    def __init__(self, callbacks: List[Any], **objects: Any) -> None:
+        self.callbacks: List[TrainerCallback] = []
+        self.objects = objects
+        for cb in callbacks:
+            self.add(cb)
+
+    def add(self, callback: Any) -> None:
+        cb = callback() if isinstance(callback, type) else callback
+        self.callbacks.append(cb)
+
+    def pop(self, callback: Any) -> Optional[TrainerCallback]:
+        for cb in self.callbacks:
+            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
+                self.callbacks.remove(cb)
+                return cb
+        return None
+
+    def remove(self, callback: Any) -> None:
+        self.pop(callback)
+
+    def fire(self, event: str, args, state: TrainState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
+        for cb in self.callbacks:
+            result = getattr(cb, event, None)
+            if result is None:
+                continue
+            out = result(args, state, control, **self.objects, **kwargs)
+            if isinstance(out, TrainerControl):
+                control = out
+        return control
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+class ProgressCallback(TrainerCallback):
+    """A tqdm bar (step/total, epoch, loss, lr, tokens/s) on a terminal; plain lines otherwise."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def _interactive(self, args) -> bool:
+        return not args.disable_tqdm and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self._interactive(args):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                            file=self.stream, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        shown = {k: v for k, v in logs.items() if k not in ("step",) and not k.endswith("_runtime")}
+        if self.bar is not None and "loss" in logs:
+            self.bar.set_postfix({k: _fmt(v) for k, v in shown.items() if k in ("loss", "learning_rate", "tokens_per_second", "epoch")})
+        else:
+            line = " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+            where = f"step {state.global_step}/{state.max_steps} " if state.max_steps else ""
+            self._write(where + line)
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class JsonlLoggerCallback(TrainerCallback):
+    """Appends every logged record, as one JSON object a line, to output_dir/log.jsonl."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        os.makedirs(args.output_dir, exist_ok=True)
+        record = {"step": state.global_step, "epoch": round(state.epoch, 4), "time": round(time.time(), 3), **logs}
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(os.path.join(args.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class TensorBoardCallback(TrainerCallback):
+    """Writes scalar logs to args.logging_dir through torch's SummaryWriter."""
+
+    def __init__(self) -> None:
+        self.writer = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=args.logging_dir)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.writer is None or not logs:
+            return
+        for key, value in logs.items():
+            if isinstance(value, (int, float)):
+                tag = key.replace("eval_", "eval/", 1) if key.startswith("eval_") else f"train/{key}"
+                self.writer.add_scalar(tag, value, state.global_step)
+        self.writer.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class EarlyStoppingCallback(TrainerCallback):
+    """Stops training when metric_for_best_model has not improved by `threshold` for `patience` evaluations."""
+
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float = 0.0) -> None:
+        self.patience = early_stopping_patience
+        self.threshold = early_stopping_threshold
+        self.bad_evals = 0
+        self.best: Optional[float] = None
+
+    def on_evaluate(self, args, state, control, metrics: Optional[Dict[str, float]] = None, **kwargs):
+        name = args.metric_for_best_model or "loss"
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        value = (metrics or {}).get(key)
+        if value is None:
+            return
+        sign = 1 if args.greater_is_better else -1
+        if self.best is None or sign * (value - self.best) > self.threshold:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+            if self.bad_evals >= self.patience:
+                control.should_training_stop = True
+
+
+def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
+    """Callbacks for `report_to`; integrations whose package is missing are skipped with one warning."""
+    wanted = set(report_to)
+    if "all" in wanted:
+        wanted = {"tensorboard"}
+    out: List[TrainerCallback] = []
+    if "tensorboard" in wanted:
+        try:
+            import tensorboard  # noqa: F401
+
+            out.append(TensorBoardCallback())
+        except ImportError:
+            print("warning: report_to=tensorboard but the tensorboard package is not installed; skipping it "
+                  "(pip install tensorboard).", file=sys.stderr)
+    for name in sorted(wanted - {"tensorboard", "jsonl"}):
+        print(f"warning: report_to={name} is not supported by this version of lmtrain; skipping it.", file=sys.stderr)
+    return out

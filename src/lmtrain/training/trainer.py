@@ -1,0 +1,590 @@
+"""`Trainer`: the transformers-compatible facade over lmtrain's loop.
+
+The facade holds the pieces (model, data, optimizer, callbacks, state) and `train()` reads top to
+bottom: plan the run, restore a checkpoint, then for each optimizer step call `training_step` on its
+micro-batches, step the optimizer, and let `_after_step` log, evaluate and save. Device and precision
+differences live in `lmtrain.distributed.Runtime`; checkpoints, evaluation and data order have their
+own modules.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import torch
+
+from ..args import TrainingArguments
+from ..distributed import setup_runtime, unwrap, wrap_model
+from ..errors import ConfigError, LmtrainError, TrainingError
+from . import checkpoint as ckpt
+from .callbacks import (CallbackHandler, JsonlLoggerCallback, ProgressCallback, TrainerControl,
+                        reporting_callbacks)
+from .data import KeepColumns, batch_tokens, drop_unused_columns, forward_columns, make_loader, to_device
+from .evaluate import EvalLoopOutput, PredictionOutput, evaluation_loop
+from .loss import count_label_tokens, label_shift, output_logits, token_loss_sum
+from .optim import build_optimizer, build_scheduler, current_lr
+from .plan import RunPlan, describe_run, set_seed
+from .state import TrainState
+
+
+class TrainOutput(NamedTuple):
+    global_step: int
+    training_loss: float
+    metrics: Dict[str, float]
+
+
+class Trainer:
+    """Train, evaluate and predict with a 🤗 transformers model (or any `nn.Module` returning logits)."""
+
+    def __init__(
+        self,
+        model: Optional[torch.nn.Module] = None,
+        args: Optional[TrainingArguments] = None,
+        data_collator: Optional[Callable] = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        tokenizer: Any = None,
+        model_init: Optional[Callable[[], torch.nn.Module]] = None,
+        compute_metrics: Optional[Callable] = None,
+        callbacks: Optional[List[Any]] = None,
+        optimizers: Tuple[Any, Any] = (None, None),
+        preprocess_logits_for_metrics: Optional[Callable] = None,
+        processing_class: Any = None,
+        **unused: Any,
+    ) -> None:
+        self.args = args if args is not None else TrainingArguments()
+        self.rt = setup_runtime(self.args)
+        set_seed(self.args.seed)  # before model_init, so a fresh model is reproducible
+        if model is None:
+            if model_init is None:
+                raise ConfigError("Trainer needs a model: pass model=... or model_init=....")
+            model = model_init()
+        self.model_init = model_init
+        self.model = model.to(self.rt.device)
+        if self.args.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
+            self.model.gradient_checkpointing_enable()
+        self.processing_class = processing_class if processing_class is not None else tokenizer
+        self.data_collator = data_collator or _default_collator(self.processing_class)
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self.label_names = list(self.args.label_names or ["labels"])
+        self.shift = label_shift(self.model)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.state = TrainState(is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
+        self.control = TrainerControl()
+        default_cbs = [ProgressCallback(), JsonlLoggerCallback(), *reporting_callbacks(self.args.report_to)]
+        self.callback_handler = CallbackHandler(default_cbs + list(callbacks or []), model=self.model,
+                                                processing_class=self.processing_class)
+        self.ignored_kwargs = sorted(unused)
+        self.control = self._fire("on_init_end")
+
+    # ---- transformers-compatible small API ------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processing_class
+
+    def add_callback(self, callback: Any) -> None:
+        self.callback_handler.add(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        return self.callback_handler.pop(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        self.callback_handler.remove(callback)
+
+    def is_world_process_zero(self) -> bool:
+        return self.rt.is_main
+
+    def is_local_process_zero(self) -> bool:
+        return self.rt.local_rank == 0
+
+    def _fire(self, event: str, **kwargs: Any) -> TrainerControl:
+        return self.callback_handler.fire(event, self.args, self.state, self.control, **kwargs)
+
+    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        """Record `logs` in the history and hand them to every callback (console, JSONL, TensorBoard)."""
+        logs = dict(logs)
+        if self.state.epoch is not None:
+            logs.setdefault("epoch", round(self.state.epoch, 4))
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self._fire("on_log", logs=logs)
+
+    # ---- data ---------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, description: str) -> Any:
+        args = self.args
+        collator = self.data_collator
+        if args.remove_unused_columns:
+            dataset = drop_unused_columns(dataset, self.model, self.label_names, description)
+            collator = KeepColumns(collator, forward_columns(self.model, self.label_names))
+        return make_loader(
+            dataset, collator, batch_size, shuffle=shuffle, data_seed=args.data_seed,
+            drop_last=args.dataloader_drop_last and shuffle, num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and self.rt.device.type == "cuda",
+            persistent_workers=args.dataloader_persistent_workers, prefetch_factor=args.dataloader_prefetch_factor,
+        )
+
+    def get_train_dataloader(self) -> Any:
+        if self.train_dataset is None:
+            raise ConfigError("Trainer.train() needs a train_dataset.")
+        return self._loader(self.train_dataset, self.args.per_device_train_batch_size, True, "training dataset")
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ConfigError("evaluation needs an eval_dataset: pass it to Trainer(...) or to evaluate(...).")
+        return self._loader(dataset, self.args.per_device_eval_batch_size, False, "evaluation dataset")
+
+    def get_test_dataloader(self, test_dataset: Any) -> Any:
+        return self.get_eval_dataloader(test_dataset)
+
+    # ---- optimisation -------------------------------------------------------------------------
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(self.model, self.args, self.rt.device)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = build_scheduler(self.optimizer, self.args.lr_scheduler_type,
+                                                self.args.get_warmup_steps(num_training_steps), num_training_steps)
+
+    def _forward(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, int, Any]:
+        """(sum of token losses, label tokens, outputs) for one batch.
+
+        Language-model batches (labels shaped like input_ids) get the loss from the logits, so it can
+        be summed; other models compute their own mean loss, which is weighted back by its item count.
+        """
+        key = self.label_names[0]
+        labels = inputs.get(key)
+        ids = inputs.get("input_ids")
+        if labels is not None and ids is not None and labels.shape == ids.shape:
+            outputs = model(**{k: v for k, v in inputs.items() if k != key})
+            return token_loss_sum(output_logits(outputs), labels, self.shift), -1, outputs
+        outputs = model(**inputs)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        if labels is None:
+            return loss, 1, outputs
+        items = count_label_tokens(labels, 0)
+        return loss * items, items, outputs
+
+    def compute_loss(self, model: torch.nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Optional[int] = None):
+        """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`)."""
+        loss_sum, items, outputs = self._forward(model, inputs)
+        if num_items_in_batch is None:
+            key = self.label_names[0]
+            num_items_in_batch = items if items >= 0 else count_label_tokens(inputs[key].cpu(), self.shift)
+        loss = loss_sum / max(int(num_items_in_batch), 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model: torch.nn.Module, inputs: Dict[str, Any],
+                      num_items_in_batch: Optional[int] = None) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its share of the step loss (detached)."""
+        model.train()
+        with self.rt.autocast():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        # DDP averages gradients over ranks; the loss is already over the global token count, so undo that.
+        self.rt.backward(loss * self.rt.world_size if self.rt.distributed else loss)
+        return loss.detach()
+
+    def _label_tokens(self, micro_batches: List[Dict[str, Any]]) -> int:
+        key = self.label_names[0]
+        if key not in micro_batches[0]:
+            return len(micro_batches)
+        local = 0
+        for b in micro_batches:
+            labels = b[key]
+            local += count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
+        return self.rt.sum_int(local)
+
+    def _optimizer_step(self, model: torch.nn.Module) -> torch.Tensor:
+        """Unscale, clip, step, schedule; returns the gradient norm as a device tensor (no sync)."""
+        scaler, opt = self.rt.scaler, self.optimizer
+        if scaler is not None:
+            scaler.unscale_(opt)
+        params = [p for p in model.parameters() if p.grad is not None]
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm, foreach=True)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params \
+                else torch.zeros((), device=self.rt.device)
+        self.control = self._fire("on_pre_optimizer_step")
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        self.control = self._fire("on_optimizer_step")
+        self.lr_scheduler.step()
+        opt.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None,
+              **kwargs: Any) -> TrainOutput:
+        """Train for max_steps (or num_train_epochs); resume from a checkpoint when given one (or True)."""
+        args = self.args
+        resume = self._resolve_checkpoint(resume_from_checkpoint)
+        loader = self.get_train_dataloader()
+        plan = RunPlan.make(args, loader, self.train_dataset, world_size=self.rt.world_size)
+        self.create_optimizer_and_scheduler(plan.total_steps)
+        self.state = TrainState(max_steps=plan.total_steps, num_train_epochs=plan.num_epochs,
+                                logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
+                                save_steps=plan.save_steps, train_batch_size=args.per_device_train_batch_size,
+                                is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
+        if resume is not None:
+            ckpt.load_model_weights(self.model, resume)
+            ckpt.load_training_state(resume, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                                     scaler=self.rt.scaler, state=self.state)
+        if self.rt.is_main:
+            print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
+        model = wrap_model(self.model, self.rt)
+        self.model_wrapped = model
+        window = _Window(self.rt.device, self.state)
+        self.control = self._fire("on_train_begin")
+        start = time.perf_counter()
+        for epoch_end, micro_batches in self._steps(loader, plan):
+            self.control = self._fire("on_step_begin")
+            num_items = self._label_tokens(micro_batches)
+            step_loss = torch.zeros((), device=self.rt.device)
+            for i, batch in enumerate(micro_batches):
+                window.tokens += batch_tokens(batch)
+                with self.rt.no_sync(model, last_micro_batch=i == len(micro_batches) - 1):
+                    step_loss += self.training_step(model, to_device(batch, self.rt.device), num_items)
+                self.control = self._fire("on_substep_end") if i < len(micro_batches) - 1 else self.control
+            grad_norm = self._optimizer_step(model)
+            window.add(step_loss, grad_norm, self.state.global_step + 1)
+            self.state.global_step += 1
+            self.state.epoch = self.state.data_epoch + self.state.batches_in_epoch / max(len(loader), 1)
+            self.control = self._fire("on_step_end")
+            self._after_step(plan, window, epoch_end)
+            if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
+                break
+        runtime = time.perf_counter() - start
+        if window.steps:
+            self._log_window(window)
+        self._fire("on_train_end")
+        if args.load_best_model_at_end and self.state.best_model_checkpoint:
+            ckpt.load_model_weights(self.model, self.state.best_model_checkpoint)
+        return self._train_output(plan, window, runtime)
+
+    def _steps(self, loader: Any, plan: RunPlan) -> Iterator[Tuple[bool, List[Dict[str, Any]]]]:
+        """Yield (is_last_step_of_epoch, micro-batches of one optimizer step), from the saved data position."""
+        ga = self.args.gradient_accumulation_steps
+        sampler = getattr(loader, "batch_sampler", None)
+        resumable = hasattr(sampler, "set_position")
+        while True:
+            epoch, skip = self.state.data_epoch, self.state.batches_in_epoch
+            if resumable:
+                sampler.set_position(epoch, skip)  # O(1) jump: no replay of consumed batches
+            if skip == 0:
+                self.control = self._fire("on_epoch_begin")
+            it = iter(loader)
+            if not resumable:
+                for _ in range(skip):
+                    next(it, None)
+            group: List[Dict[str, Any]] = []
+            for batch in it:
+                group.append(batch)
+                self.state.batches_in_epoch += 1
+                if len(group) == ga:
+                    yield self.state.batches_in_epoch >= plan.batches_per_epoch, group
+                    group = []
+                    if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
+                        return
+            if group:  # the epoch's tail: a shorter step, still weighted by its own token count
+                yield True, group
+            if self.state.batches_in_epoch == 0:
+                raise LmtrainError("the training dataloader yielded no batches; the dataset is empty.")
+            self.state.data_epoch += 1
+            self.state.batches_in_epoch = 0
+            self.control = self._fire("on_epoch_end")
+            if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
+                return
+
+    def _after_step(self, plan: RunPlan, window: "_Window", epoch_end: bool) -> None:
+        """Decide, from the strategies and the callbacks' control flags, whether to log, evaluate, save."""
+        args, step = self.args, self.state.global_step
+        last = step >= plan.total_steps
+        if plan.due("logging", step, epoch_end) or (args.logging_first_step and step == 1) \
+                or (last and args.logging_strategy != "no"):
+            self.control.should_log = True
+        if plan.due("eval", step, epoch_end) and step > args.eval_delay:
+            self.control.should_evaluate = True
+        if plan.due("save", step, epoch_end) or (last and args.save_strategy != "no"):
+            self.control.should_save = True
+        if self.control.should_log:
+            self._log_window(window)
+        paused = time.perf_counter()
+        metrics = None
+        if self.control.should_evaluate and self.eval_dataset is not None:
+            metrics = self.evaluate()
+        if self.control.should_save:
+            self._save_checkpoint(window, metrics)
+        window.started += time.perf_counter() - paused  # throughput counts training time only
+        self.control._new_step()
+
+    def _log_window(self, window: "_Window") -> None:
+        """Read the device accumulators (the only host synchronisation of the step) and log them."""
+        record = window.read(self.rt)
+        if record["first_bad_step"] is not None:
+            raise TrainingError(
+                f"the loss became NaN or infinite at step {record['first_bad_step']}; lower the learning rate "
+                f"(now {current_lr(self.lr_scheduler):.3g}) or set max_grad_norm, and resume from the last checkpoint."
+            )
+        record.pop("first_bad_step")
+        record["learning_rate"] = current_lr(self.lr_scheduler)
+        tokens = record.pop("tokens")
+        self.state.num_input_tokens_seen += tokens
+        self.state.total_flos += 6.0 * self.num_parameters * tokens
+        self.log(record)
+        window.reset(self.state)
+
+    def _save_checkpoint(self, window: "_Window", metrics: Optional[Dict[str, float]]) -> None:
+        window.store(self.state)  # the running loss of this logging window travels with the checkpoint
+        if window.bad():
+            return  # never save weights that a NaN step touched; the previous checkpoint stays the latest
+        if metrics is not None and self.args.metric_for_best_model:
+            self._update_best(metrics)
+        if not self.rt.is_main:
+            return
+        path = ckpt.save_checkpoint(
+            self.args.output_dir, self.state.global_step, model=self.model, tokenizer=self.processing_class,
+            optimizer=self.optimizer, scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state,
+            args=self.args,
+        )
+        if self.state.best_global_step == self.state.global_step:
+            self.state.best_model_checkpoint = path
+            self.state.save_to_json(os.path.join(path, "trainer_state.json"))
+        ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.control = self._fire("on_save")
+
+    def _update_best(self, metrics: Dict[str, float]) -> None:
+        name = self.args.metric_for_best_model
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if key not in metrics:
+            raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics "
+                              f"{sorted(metrics)}; pick one of those.")
+        value, best = metrics[key], self.state.best_metric
+        better = best is None or (value > best if self.args.greater_is_better else value < best)
+        if better:
+            self.state.best_metric, self.state.best_global_step = value, self.state.global_step
+
+    def _resolve_checkpoint(self, resume: Any) -> Optional[str]:
+        out = self.args.output_dir
+        if self.rt.is_main:
+            ckpt.remove_incomplete(out)
+        if resume is None and self.args.resume_from_checkpoint:
+            resume = self.args.resume_from_checkpoint
+        if resume is True or resume == "latest":
+            found = ckpt.latest_checkpoint(out)
+            if found is None:
+                raise LmtrainError(f"no complete checkpoint in {out} to resume from; start without resume.")
+            return found
+        if isinstance(resume, (str, os.PathLike)) and resume:
+            if not ckpt.is_complete(str(resume)):
+                raise LmtrainError(f"{resume} is not a complete lmtrain checkpoint; pass a checkpoint-<step> "
+                                   f"directory (or resume=True for the latest in {out}).")
+            return str(resume)
+        if ckpt.list_checkpoints(out) and not self.args.overwrite_output_dir:
+            raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True (CLI: --resume) "
+                               f"to continue, or overwrite_output_dir=True (--overwrite_output_dir) to start over.")
+        return None
+
+    def _train_output(self, plan: RunPlan, window: "_Window", runtime: float) -> TrainOutput:
+        state = self.state
+        steps_here = max(state.global_step - window.first_step + 1, 1)
+        train_loss = window.total_loss(self.rt) / max(state.global_step, 1)
+        samples = steps_here * plan.effective_batch
+        metrics = {
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(samples / runtime, 3) if runtime else 0.0,
+            "train_steps_per_second": round(steps_here / runtime, 3) if runtime else 0.0,
+            "train_tokens_per_second": round(window.total_tokens / runtime, 1) if runtime else 0.0,
+            "total_flos": float(state.total_flos),
+            "train_loss": train_loss,
+            "epoch": state.epoch,
+        }
+        self.log(metrics)
+        return TrainOutput(state.global_step, train_loss, metrics)
+
+    # ---- evaluation, prediction, saving ---------------------------------------------------------
+
+    def _eval_loss_fn(self, model: torch.nn.Module, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Any]:
+        loss_sum, _items, outputs = self._forward(model, batch)
+        try:
+            logits = output_logits(outputs)
+        except (KeyError, IndexError, AttributeError):
+            logits = None
+        return loss_sum.detach(), logits
+
+    def _evaluation_loop(self, dataset: Any, prefix: str, prediction_loss_only: Optional[bool] = None) -> EvalLoopOutput:
+        loader = self.get_eval_dataloader(dataset)
+        only_loss = self.args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
+        if self.compute_metrics is None and prefix == "eval":
+            only_loss = True  # nothing would read the logits: do not gather them
+        out = evaluation_loop(
+            self.model, loader, device=self.rt.device, autocast=self.rt.autocast, shift=self.shift,
+            loss_fn=self._eval_loss_fn, label_names=self.label_names, prediction_loss_only=only_loss,
+            eval_accumulation_steps=self.args.eval_accumulation_steps, compute_metrics=self.compute_metrics,
+            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
+            bytes_per_token=getattr(dataset if dataset is not None else self.eval_dataset, "bytes_per_token", None),
+            metric_key_prefix=prefix,
+            on_batch=lambda: self._fire("on_prediction_step"),
+        )
+        return out
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Dict[str, float]:
+        """Token-weighted loss, perplexity, bits per byte (when known) and compute_metrics, all prefixed."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            metrics: Dict[str, float] = {}
+            for name, ds in dataset.items():
+                metrics.update(self.evaluate(ds, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        metrics = self._evaluation_loop(dataset, metric_key_prefix).metrics
+        metrics["epoch"] = self.state.epoch
+        self.log(metrics)
+        self.control = self._fire("on_evaluate", metrics=metrics)
+        return metrics
+
+    def predict(self, test_dataset: Any, ignore_keys: Any = None, metric_key_prefix: str = "test") -> PredictionOutput:
+        out = self._evaluation_loop(test_dataset, metric_key_prefix, prediction_loss_only=False)
+        self.control = self._fire("on_predict", metrics=out.metrics)
+        return PredictionOutput(out.predictions, out.label_ids, out.metrics)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Save weights, config and tokenizer so `from_pretrained(output_dir)` loads them."""
+        if not self.rt.is_main:
+            return
+        out = output_dir or self.args.output_dir
+        os.makedirs(out, exist_ok=True)
+        ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors)
+        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+            self.processing_class.save_pretrained(out)
+        with open(os.path.join(out, "training_args.json"), "w", encoding="utf-8") as f:
+            f.write(self.args.to_json_string() + "\n")
+
+    def save_state(self) -> None:
+        if self.rt.is_main:
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
+
+    def log_metrics(self, split: str, metrics: Dict[str, float]) -> None:
+        if not self.rt.is_main:
+            return
+        print(f"***** {split} metrics *****")
+        width = max((len(k) for k in metrics), default=0)
+        for key in sorted(metrics):
+            value = metrics[key]
+            print(f"  {key:<{width}} = {value:.4g}" if isinstance(value, float) else f"  {key:<{width}} = {value}")
+
+    def save_metrics(self, split: str, metrics: Dict[str, float], combined: bool = True) -> None:
+        """Write {split}_results.json (and merge into all_results.json), as transformers does."""
+        import json
+
+        if not self.rt.is_main:
+            return
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, f"{split}_results.json"), "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            merged = json.load(open(path)) if os.path.exists(path) else {}
+            merged.update(metrics)
+            with open(path, "w") as f:
+                json.dump(merged, f, indent=2, sort_keys=True)
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """A short README.md in output_dir: what was trained, on what, and the last evaluation."""
+        if not self.rt.is_main:
+            return
+        evals = [r for r in self.state.log_history if any(k.startswith("eval_loss") for k in r)]
+        lines = [f"# {kwargs.get('model_name') or os.path.basename(os.path.abspath(self.args.output_dir))}", "",
+                 f"Trained with lmtrain for {self.state.global_step} steps ({self.state.epoch:.2f} epochs).", ""]
+        for key in ("finetuned_from", "dataset", "dataset_name", "tasks"):
+            if kwargs.get(key):
+                lines.append(f"- {key}: {kwargs[key]}")
+        if evals:
+            lines += ["", "Last evaluation:", ""] + [f"- {k}: {v}" for k, v in evals[-1].items()]
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+class _Window:
+    """Device-side accumulators of one logging window: read only when a record is logged."""
+
+    def __init__(self, device: torch.device, state: TrainState) -> None:
+        self.device = device
+        self.loss_sum = torch.tensor(float(state.window_loss_sum), device=device)
+        self.all_loss_sum = torch.tensor(float(state.train_loss_sum), device=device)
+        self.first_bad = torch.tensor(-1, device=device)
+        self.grad_norm = torch.zeros((), device=device)
+        self.steps = state.window_steps
+        self.tokens = state.window_tokens
+        self.total_tokens = 0
+        self.first_step = state.global_step + 1
+        self.started = time.perf_counter()
+
+    def add(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(step_loss)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.loss_sum += step_loss
+        self.all_loss_sum += step_loss
+        self.grad_norm = grad_norm
+        self.steps += 1
+
+    def bad(self) -> bool:
+        return bool(self.first_bad >= 0)
+
+    def read(self, rt: Any) -> Dict[str, Any]:
+        loss = self.loss_sum.clone()
+        if rt.distributed:  # each rank holds its share of the global token-weighted loss
+            rt.all_reduce_sum(loss)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        tokens = rt.sum_int(self.tokens)
+        first_bad = int(self.first_bad)
+        return {
+            "loss": float(loss) / max(self.steps, 1),
+            "grad_norm": float(self.grad_norm),
+            "tokens_per_second": round(tokens / elapsed, 1),
+            "tokens": tokens,
+            "first_bad_step": first_bad if first_bad >= 0 else None,
+        }
+
+    def reset(self, state: TrainState) -> None:
+        self.total_tokens += self.tokens
+        self.loss_sum.zero_()
+        self.steps = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.store(state)
+
+    def store(self, state: TrainState) -> None:
+        state.window_loss_sum = float(self.loss_sum)
+        state.window_steps = self.steps
+        state.window_tokens = self.tokens
+        state.train_loss_sum = float(self.all_loss_sum)
+
+    def total_loss(self, rt: Any) -> float:
+        total = self.all_loss_sum.clone()
+        if rt.distributed:
+            rt.all_reduce_sum(total)
+        return float(total)
+
+
+def _default_collator(processing_class: Any) -> Callable:
+    """transformers' choice: pad with the tokenizer when it can, else stack."""
+    from ..data.collators import DataCollatorWithPadding, default_data_collator
+
+    if processing_class is not None and getattr(processing_class, "pad_token", None) is not None:
+        return DataCollatorWithPadding(processing_class)
+    return default_data_collator

@@ -1,0 +1,247 @@
+"""Tests for lmtrain.data.tokenize: BPE training and the token cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lmtrain.data.tokenize as tokmod
+from lmtrain.data.readers import iter_documents, sample_corpus_files
+from lmtrain.data.tokenize import TokenCache, build_token_cache, default_cache_root, train_bpe_tokenizer
+from lmtrain.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer(sample_corpus_files(), vocab_size=512)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> list[Path]:
+    (tmp_path / "data").mkdir()
+    a = tmp_path / "data" / "a.txt"
+    a.write_text("To be, or not to be, that is the question.\nWhether 'tis nobler in the mind\n")
+    b = tmp_path / "data" / "b.jsonl"
+    b.write_text('{"text": "Hello world"}\n{"text": "naïve café — 漢字"}\n')
+    return [a, b]
+
+
+def expected_ids(tokenizer, files) -> list[int]:
+    ids: list[int] = []
+    for doc in iter_documents(files):
+        ids += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return ids
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_special_tokens(tokenizer):
+    assert len(tokenizer) == 512
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<pad>", "<mask>"]
+    assert tokenizer.eos_token == tokenizer.bos_token == tokenizer.unk_token == "<|endoftext|>"
+    assert tokenizer.pad_token == "<pad>" and tokenizer.mask_token == "<mask>"
+
+
+def test_tokenizer_byte_level_round_trip(tokenizer):
+    text = "  Lo! here  the gentle lark\n\tweary of rest — ünïcödé 漢字 🙂"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    # no prefix space: a leading word is not given one
+    assert tokenizer.decode(tokenizer("Lo")["input_ids"]) == "Lo"
+
+
+def test_tokenizer_save_reload(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    text = next(iter(iter_documents(sample_corpus_files())))[:3000]
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert (again.eos_token, again.pad_token, again.mask_token) == ("<|endoftext|>", "<pad>", "<mask>")
+    assert len(again) == len(tokenizer)
+
+
+def test_tokenizer_vocab_too_small():
+    with pytest.raises(ConfigError, match="vocab_size 100 is too small"):
+        train_bpe_tokenizer(sample_corpus_files(), vocab_size=100)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_contents(tokenizer, corpus, tmp_path):
+    cache = build_token_cache(corpus, tokenizer, cache_dir=tmp_path / "cache")
+    exp = expected_ids(tokenizer, corpus)
+    assert isinstance(cache.tokens, np.memmap) and cache.tokens.dtype == np.uint16
+    assert cache.tokens.tolist() == exp
+    assert cache.num_tokens == len(exp) and cache.num_documents == 3
+    assert cache.vocab_size == 512
+    assert cache.num_bytes == sum(len(d.encode()) for d in iter_documents(corpus))
+    offs = cache.doc_offsets
+    assert offs.dtype == np.int64 and len(offs) == 4 and offs[0] == 0 and offs[-1] == len(exp)
+    eos = tokenizer.eos_token_id
+    assert all(cache.tokens[e - 1] == eos for e in offs[1:])
+    assert cache.path.parent == tmp_path / "cache" and cache.path.name.startswith("tokens-")
+    meta = json.loads((cache.path / "meta.json").read_text())
+    assert meta["num_tokens"] == len(exp) and meta["dtype"] == "uint16"
+
+
+def test_cache_matches_per_document_encoding_of_sample(tokenizer, tmp_path):
+    # Sample documents are longer than one encoding piece: checks piecewise encoding is exact.
+    files = sample_corpus_files()
+    cache = build_token_cache(files, tokenizer, cache_dir=tmp_path)
+    assert np.array_equal(np.asarray(cache.tokens), np.array(expected_ids(tokenizer, files)))
+    for i, doc in enumerate(iter_documents(files)):
+        a, b = cache.doc_offsets[i], cache.doc_offsets[i + 1]
+        assert tokenizer.decode(cache.tokens[a : b - 1].tolist()) == doc
+
+
+def test_cache_without_eos(tokenizer, corpus, tmp_path):
+    cache = build_token_cache(corpus, tokenizer, cache_dir=tmp_path, append_eos=False)
+    exp = [i for d in iter_documents(corpus) for i in tokenizer(d, add_special_tokens=False)["input_ids"]]
+    assert cache.tokens.tolist() == exp
+
+
+def test_cache_reused_not_rebuilt(tokenizer, corpus, tmp_path, monkeypatch):
+    first = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    mtime = (first.path / "tokens.bin").stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(tokmod, "_write_cache", lambda *a, **k: calls.append(a))
+    start = time.perf_counter()
+    second = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    assert time.perf_counter() - start < 1.0
+    assert not calls
+    assert second.path == first.path
+    assert np.array_equal(second.tokens, first.tokens)
+    assert np.array_equal(second.doc_offsets, first.doc_offsets)
+    assert (second.path / "tokens.bin").stat().st_mtime_ns == mtime
+
+
+def test_cache_overwrite_rebuilds(tokenizer, corpus, tmp_path):
+    root = tmp_path / "cache"
+    first = build_token_cache(corpus, tokenizer, cache_dir=root)
+    (first.path / "marker").write_text("old")
+    second = build_token_cache(corpus, tokenizer, cache_dir=root, overwrite=True)
+    assert second.path == first.path and not (second.path / "marker").exists()
+    assert second.tokens.tolist() == expected_ids(tokenizer, corpus)
+    assert [p.name for p in root.iterdir()] == [first.path.name]  # no leftovers
+
+
+def test_changed_file_changes_fingerprint(tokenizer, corpus, tmp_path):
+    first = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    corpus[0].write_text("Something else entirely.")
+    second = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    assert second.path != first.path
+    assert second.tokens.tolist() == expected_ids(tokenizer, corpus)
+
+
+def test_options_change_fingerprint(tokenizer, corpus, tmp_path):
+    paths = {
+        build_token_cache(corpus, tokenizer, cache_dir=tmp_path).path,
+        build_token_cache(corpus, tokenizer, cache_dir=tmp_path, append_eos=False).path,
+        build_token_cache(corpus, tokenizer, cache_dir=tmp_path, encoding_errors="replace").path,
+    }
+    assert len(paths) == 3
+
+
+def test_leftover_tmp_dir_is_not_a_cache(tokenizer, corpus, tmp_path, monkeypatch):
+    # Simulate a build killed half way: it leaves only the temporary directory.
+    def crash(out, *args, **kwargs):
+        (out / "tokens.bin").write_bytes(b"\0\0")
+        raise KeyboardInterrupt
+
+    root = tmp_path / "cache"
+    monkeypatch.setattr(tokmod, "_write_cache", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_token_cache(corpus, tokenizer, cache_dir=root)
+    assert list(root.iterdir()) == []  # temp dir removed on error
+    monkeypatch.undo()
+
+    # A stale temp dir from another (dead) process, even one that looks complete.
+    good = build_token_cache(corpus, tokenizer, cache_dir=tmp_path / "ref")
+    stale = root / f"{good.path.name}.tmp-99999999"
+    stale.mkdir()
+    for f in good.path.iterdir():
+        (stale / f.name).write_bytes(f.read_bytes())
+    (stale / "tokens.bin").write_bytes(b"\1\0" * good.num_tokens)
+    cache = build_token_cache(corpus, tokenizer, cache_dir=root)
+    assert cache.path == root / good.path.name
+    assert cache.tokens.tolist() == expected_ids(tokenizer, corpus)
+
+
+def test_incomplete_final_dir_is_rebuilt(tokenizer, corpus, tmp_path):
+    first = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    (first.path / "meta.json").unlink()
+    with pytest.raises(DataError, match="not a complete token cache"):
+        TokenCache.load(first.path)
+    again = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    assert again.tokens.tolist() == expected_ids(tokenizer, corpus)
+
+
+def test_load_classmethod(tokenizer, corpus, tmp_path):
+    built = build_token_cache(corpus, tokenizer, cache_dir=tmp_path)
+    loaded = TokenCache.load(built.path)
+    assert loaded.num_tokens == built.num_tokens and loaded.fingerprint == built.fingerprint
+    assert loaded.bytes_per_token == pytest.approx(built.num_bytes / built.num_tokens)
+
+
+def test_default_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMTRAIN_CACHE", str(tmp_path / "x"))
+    assert default_cache_root() == tmp_path / "x"
+    monkeypatch.delenv("LMTRAIN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root() == tmp_path / "xdg" / "lmtrain"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_root() == Path.home() / ".cache" / "lmtrain"
+
+
+def test_default_cache_dir_used(tokenizer, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMTRAIN_CACHE", str(tmp_path / "env-cache"))
+    cache = build_token_cache(corpus, tokenizer)
+    assert cache.path.parent == tmp_path / "env-cache"
+
+
+def test_token_id_outside_vocab(tokenizer, corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(tokmod, "_encoder", lambda tok: lambda texts: [[600] for _ in texts])
+    with pytest.raises(DataError, match="token id 600, outside its vocabulary of 512"):
+        build_token_cache(corpus, tokenizer, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_no_tokens(tokenizer, corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(tokmod, "_encoder", lambda tok: lambda texts: [[] for _ in texts])
+    with pytest.raises(DataError, match="produced no tokens"):
+        build_token_cache(corpus, tokenizer, cache_dir=tmp_path, append_eos=False)
+
+
+def test_uint32_for_large_vocab(tokenizer, corpus, tmp_path, monkeypatch):
+    class Big:
+        """A tokenizer claiming a vocabulary too large for uint16."""
+
+        eos_token_id = 0
+        backend_tokenizer = tokenizer.backend_tokenizer
+
+        def __len__(self):
+            return 70_000
+
+    cache = build_token_cache(corpus, Big(), cache_dir=tmp_path)
+    assert cache.tokens.dtype == np.uint32
+    assert cache.tokens.tolist() == expected_ids(tokenizer, corpus)
+
+
+def test_missing_input_file(tokenizer, tmp_path):
+    with pytest.raises(DataError, match="no such file or directory"):
+        build_token_cache([tmp_path / "nope.txt"], tokenizer, cache_dir=tmp_path)
+
+
+def test_split_document_pieces_rejoin():
+    doc = ("line of text\n" * 20_000) + "  indented\n\n" + "tail"
+    pieces = tokmod._split_document(doc)
+    assert "".join(pieces) == doc and len(pieces) > 1
+    assert all(p.endswith("\n") and len(p) >= tokmod._PIECE_CHARS for p in pieces[:-1])
