@@ -221,9 +221,8 @@ class TrainingArguments:
         if self.eval_strategy == "steps" and not self.eval_steps:
             self.eval_steps = self.logging_steps
         if isinstance(self.report_to, str):
-            self.report_to = [] if self.report_to == "none" else [self.report_to]
-        elif self.report_to is None:
-            self.report_to = []
+            self.report_to = [self.report_to]
+        self.report_to = [r for r in (self.report_to or []) if r != "none"]
         if self.logging_dir is None:
             self.logging_dir = os.path.join(self.output_dir, "runs")
         if self.data_seed is None:

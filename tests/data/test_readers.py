@@ -301,3 +301,10 @@ def test_csv_short_row(tmp_path):
     f = write(tmp_path / "a.csv", "id,text\n1,ok\n2\n")
     msg = doc_error(f)
     assert msg.startswith(f"{f}:3 has 1 fields")
+
+
+def test_not_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    f = write(tmp_path / "a.parquet", b"this is not parquet at all\n")
+    msg = doc_error(f)
+    assert msg.startswith(f"{f} is not a valid parquet file")

@@ -172,6 +172,7 @@ def test_leftover_tmp_dir_is_not_a_cache(tokenizer, corpus, tmp_path, monkeypatc
     (stale / "tokens.bin").write_bytes(b"\1\0" * good.num_tokens)
     cache = build_token_cache(corpus, tokenizer, cache_dir=root)
     assert cache.path == root / good.path.name
+    assert not stale.exists()  # its process is gone: cleaned up
     assert cache.tokens.tolist() == expected_ids(tokenizer, corpus)
 
 

@@ -210,7 +210,15 @@ def _iter_file(path: Path, ext: str, text_column: str, errors: str) -> Iterator[
     except UnicodeDecodeError:
         raise _utf8_error(path, compressed) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is a corrupt or truncated gzip file ({e}); re-create it") from None
+        raise DataError(
+            f"{path} is a corrupt or truncated gzip file ({_one_line(e)}); re-create it"
+        ) from None
+
+
+def _one_line(e: BaseException) -> str:
+    # Library messages can span lines; ours must stay on one.
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _utf8_error(path: Path, compressed: bool) -> DataError:
@@ -362,7 +370,9 @@ def _iter_csv(path: Path, raw: IO[bytes], column: str, errors: str) -> Iterator[
             if row[idx]:
                 yield row[idx]
     except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num} is not valid CSV: {e}; fix the file") from None
+        raise DataError(
+            f"{path}:{reader.line_num} is not valid CSV: {_one_line(e)}; fix the file"
+        ) from None
 
 
 def _iter_parquet(path: Path, column: str) -> Iterator[str]:
@@ -375,7 +385,9 @@ def _iter_parquet(path: Path, column: str) -> Iterator[str]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid & co. for non-parquet data
-        raise DataError(f"{path} is not a valid parquet file ({e}); re-create it") from None
+        raise DataError(
+            f"{path} is not a valid parquet file ({_one_line(e)}); re-create it"
+        ) from None
     names = pf.schema_arrow.names
     if column not in names:
         raise DataError(

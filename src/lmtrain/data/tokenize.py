@@ -270,6 +270,7 @@ def build_token_cache(
         except DataError:
             pass  # damaged by hand: rebuild it below
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root, final.name)
     tmp = root / f"{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -280,6 +281,18 @@ def build_token_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TokenCache.load(final)
+
+
+def _remove_stale_tmp(root: Path, name: str) -> None:
+    """Delete temp dirs left by builds whose process has died (killed, OOM, ...)."""
+    for tmp in root.glob(f"{name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # signal 0: only checks that the process exists
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, OverflowError, PermissionError):
+            pass  # not ours to judge
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

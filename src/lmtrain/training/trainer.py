@@ -262,7 +262,7 @@ class Trainer:
             grad_norm = self._optimizer_step(model)
             window.add(step_loss, grad_norm, self.state.global_step + 1)
             self.state.global_step += 1
-            self.state.epoch = self.state.data_epoch + self.state.batches_in_epoch / max(len(loader), 1)
+            self.state.epoch = self.state.data_epoch + self.state.batches_in_epoch / max(plan.batches_per_epoch, 1)
             self.control = self._fire("on_step_end")
             self._after_step(plan, window, epoch_end)
             if self.control.should_training_stop or self.state.global_step >= plan.total_steps:

@@ -1,0 +1,137 @@
+"""Checkpoints: atomic layout, resume that logs the same losses, rotation that keeps latest and best."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lmtrain import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from lmtrain.errors import LmtrainError
+from lmtrain.training import checkpoint as ckpt
+from tests.conftest import tiny_gpt2
+from tests.training.test_trainer import ragged_dataset, stack
+
+
+def args_for(out, **kw):
+    base = dict(output_dir=str(out), report_to="none", logging_steps=1, learning_rate=5e-3, disable_tqdm=True,
+                per_device_train_batch_size=2, gradient_accumulation_steps=2, save_steps=3, seed=1,
+                max_steps=8)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def losses(trainer):
+    return {r["step"]: r["loss"] for r in trainer.state.log_history if "loss" in r}
+
+
+@pytest.mark.parametrize("logging_steps", [1, 2])
+def test_resume_logs_bit_identical_losses(tmp_path, logging_steps):
+    """Stop after a checkpoint, build everything anew, resume: the losses after it are identical."""
+    data = ragged_dataset(n=10)  # 10 rows / (2 x 2) -> steps cross an epoch boundary
+    full = Trainer(model=tiny_gpt2(), args=args_for(tmp_path / "a", logging_steps=logging_steps),
+                   train_dataset=data, data_collator=stack)
+    full.train()
+    reference = losses(full)
+
+    part = Trainer(model=tiny_gpt2(), args=args_for(tmp_path / "b", max_steps=8, logging_steps=logging_steps),
+                   train_dataset=data, data_collator=stack)
+    part.add_callback(_StopAt(3))
+    part.train()
+    assert ckpt.latest_checkpoint(str(tmp_path / "b")).endswith("checkpoint-3")
+
+    resumed = Trainer(model=tiny_gpt2(seed=99), args=args_for(tmp_path / "b", logging_steps=logging_steps),
+                      train_dataset=data, data_collator=stack)
+    resumed.train(resume_from_checkpoint=True)
+    after = {s: v for s, v in losses(resumed).items() if s > 3}
+    assert after == {s: v for s, v in reference.items() if s > 3}  # exact, not approximate
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resume_mlm_masks_come_from_saved_state(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]"] + [f"w{i}" for i in range(59)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", mask_token="[MASK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]")
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(5, 64, (16,), generator=g)} for _ in range(12)]
+
+    def model():
+        torch.manual_seed(0)
+        return BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=32))
+
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.3)
+    full = Trainer(model=model(), args=args_for(tmp_path / "a"), train_dataset=data, data_collator=collator)
+    full.train()
+    part = Trainer(model=model(), args=args_for(tmp_path / "b"), train_dataset=data, data_collator=collator)
+    part.add_callback(_StopAt(3))
+    part.train()
+    resumed = Trainer(model=model(), args=args_for(tmp_path / "b"), train_dataset=data, data_collator=collator)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+    assert {s: v for s, v in losses(resumed).items() if s > 3} == {s: v for s, v in losses(full).items() if s > 3}
+
+
+class _StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_checkpoint_contents_and_incomplete_dirs(tmp_path):
+    trainer = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
+                      data_collator=stack)
+    trainer.train()
+    path = tmp_path / "checkpoint-3"
+    for name in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pt",
+                 "trainer_state.json", "training_args.json", "COMPLETE"):
+        assert (path / name).exists(), name
+    # a killed save leaves a directory without the marker: it is never "latest" and is cleaned up
+    os.makedirs(tmp_path / "checkpoint-9")
+    os.makedirs(tmp_path / ".checkpoint-12.tmp-1234")
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-3")
+    removed = ckpt.remove_incomplete(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == [".checkpoint-12.tmp-1234", "checkpoint-9"]
+
+
+def test_existing_checkpoints_need_resume_or_overwrite(tmp_path):
+    Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
+            data_collator=stack).train()
+    again = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
+                    data_collator=stack)
+    with pytest.raises(LmtrainError, match="already holds checkpoints.*--resume.*--overwrite_output_dir"):
+        again.train()
+    over = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3, overwrite_output_dir=True),
+                   train_dataset=ragged_dataset(), data_collator=stack)
+    assert over.train().global_step == 3
+
+
+def test_rotation_keeps_latest_and_best(tmp_path):
+    data = ragged_dataset(n=8)
+    trainer = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=12, save_steps=2, eval_strategy="steps",
+                                                        eval_steps=2, save_total_limit=2, load_best_model_at_end=True,
+                                                        metric_for_best_model="loss", learning_rate=0.5),
+                      train_dataset=data, eval_dataset=data[:4], data_collator=stack)
+    trainer.train()
+    kept = [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))]
+    best = os.path.basename(trainer.state.best_model_checkpoint)
+    assert "checkpoint-12" in kept and best in kept and len(kept) <= 2
+    evals = {r["step"]: r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r}
+    assert trainer.state.best_metric == min(evals.values())
+
+
+def test_resume_from_a_missing_checkpoint_is_one_clear_error(tmp_path):
+    trainer = Trainer(model=tiny_gpt2(), args=args_for(tmp_path), train_dataset=ragged_dataset(), data_collator=stack)
+    with pytest.raises(LmtrainError, match="no complete checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+    with pytest.raises(LmtrainError, match="not a complete lmtrain checkpoint"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "nope"))
