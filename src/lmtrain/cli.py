@@ -144,7 +144,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         raise
 
 
-def _tokenizer_for(model_args: ModelArguments, train_files: list) -> Any:
+def _tokenizer_for(model_args: ModelArguments, train_files: list, data_args: "DataArguments") -> Any:
     from .models import load_tokenizer
 
     source = model_args.tokenizer_name or model_args.model_name_or_path
@@ -154,7 +154,8 @@ def _tokenizer_for(model_args: ModelArguments, train_files: list) -> Any:
         from .data.tokenize import train_bpe_tokenizer
 
         _say(f"training a byte-level BPE tokenizer (vocab {model_args.vocab_size}) on the training files")
-        tok = train_bpe_tokenizer(train_files, vocab_size=model_args.vocab_size)
+        tok = train_bpe_tokenizer(train_files, vocab_size=model_args.vocab_size, text_column=data_args.text_column,
+                                  encoding_errors=data_args.encoding_errors)
     if model_args.mlm and tok.mask_token is None:
         raise LmtrainError("the tokenizer has no mask token, which --mlm needs; use a tokenizer with one "
                            "(or leave out --tokenizer_name to train one).")
@@ -174,7 +175,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         _say(SAMPLE_NOTE)
         train_files = sample_corpus_files()
     validation_files = resolve_files(data_args.validation_file) if data_args.validation_file else None
-    tokenizer = _tokenizer_for(model_args, train_files)
+    tokenizer = _tokenizer_for(model_args, train_files, data_args)
     model = build_model(tokenizer=tokenizer, mlm=model_args.mlm, block_size=data_args.block_size,
                         model_name_or_path=model_args.model_name_or_path, model_type=model_args.model_type,
                         config_name=model_args.config_name, config_overrides=model_args.config_overrides,
@@ -187,6 +188,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
     )
     _say(f"data: {info['train_tokens']:,} training tokens in {info['train_blocks']:,} blocks of "
          f"{data_args.block_size}" + (f"; {info['eval_blocks']:,} validation blocks" if eval_ds is not None else ""))
+    if train_args.dataloader_num_workers > 0:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # tokenizing is done; forked workers must not use threads
     if eval_ds is None and train_args.eval_strategy != "no":
         train_args.eval_strategy = "no"
     collator = (DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=model_args.mlm_probability)
@@ -319,7 +322,7 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     p, d = _parse([PrepareArguments, DataArguments], argv, "lmtrain prepare")
     files = resolve_files(d.train_file) if d.train_file else sample_corpus_files()
     margs = ModelArguments(tokenizer_name=p.tokenizer_name, vocab_size=p.vocab_size, mlm=p.mlm)
-    tokenizer = _tokenizer_for(margs, files)
+    tokenizer = _tokenizer_for(margs, files, d)
     start = time.perf_counter()
     _, _, info = prepare_datasets(files, tokenizer, d.block_size,
                                   validation_files=resolve_files(d.validation_file) if d.validation_file else None,

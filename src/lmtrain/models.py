@@ -74,9 +74,10 @@ def build_config(model_type: str, tokenizer: Any, block_size: int, overrides: Di
             raise ConfigError(f"--config_overrides: {type(config).__name__} has no field {key!r}.")
         setattr(config, key, value)
     config.vocab_size = len(tokenizer)
+    user_set_positions = any(key in overrides for key in _POSITION_KEYS)
     for key in _POSITION_KEYS:
-        if key in overrides:
-            continue
+        if user_set_positions:
+            break  # the user chose the length; a block longer than it is reported by the data step
         if getattr(config, key, None) is not None and getattr(config, key) < block_size:
             setattr(config, key, block_size)
     for name in ("bos", "eos", "pad"):
