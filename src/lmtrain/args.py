@@ -125,6 +125,8 @@ class TrainingArguments:
     """Also log the first optimizer step."""
     logging_steps: float = 500
     """Log every N optimizer steps (a float below 1 is a fraction of all steps)."""
+    nan_policy: str = "stop"
+    """On a NaN/inf loss or gradient: stop (name the step, keep the last good checkpoint) or skip (no update, counted in the logs)."""
     logging_nan_inf_filter: bool = True
     """Accepted for compatibility; lmtrain reports non-finite losses instead of hiding them."""
 
@@ -268,6 +270,8 @@ class TrainingArguments:
             raise ConfigError(f"save_total_limit must be at least 1 (or unset), got {self.save_total_limit}.")
         if self.dataloader_num_workers < 0:
             raise ConfigError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
+        if self.nan_policy not in ("stop", "skip"):
+            raise ConfigError(f"nan_policy={self.nan_policy!r} is not one of stop, skip; pick one of those.")
         if self.push_to_hub:
             raise ConfigError("push_to_hub is not supported by lmtrain (it runs without network); unset it.")
         unknown = set(self.report_to) - {"all", "tensorboard", "wandb", "mlflow", "jsonl"}

@@ -197,6 +197,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
     trainer = Trainer(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=collator, processing_class=tokenizer)
     result = trainer.train(resume_from_checkpoint=True if data_args.resume else None)
+    if trainer.interrupted:
+        return 0  # stopped by SIGTERM/SIGINT after saving a checkpoint; the message said how to resume
     trainer.save_model()
     trainer.save_metrics("train", result.metrics)
     metrics: Dict[str, float] = {}

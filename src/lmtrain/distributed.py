@@ -119,8 +119,13 @@ def setup_runtime(args: Any) -> Runtime:
     return rt
 
 
-def wrap_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
-    """Data-parallel wrapper under torchrun (DDP); the bare model on one process."""
+def wrap_model(model: torch.nn.Module, rt: Runtime, compile: bool = False) -> torch.nn.Module:
+    """The module the loop trains: compiled when asked, DDP-wrapped under torchrun.
+
+    The bare model stays what the Trainer saves and evaluates; the wrappers share its parameters.
+    """
+    if compile:
+        model = torch.compile(model)
     if not rt.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel

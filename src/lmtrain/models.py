@@ -122,7 +122,11 @@ def build_model(
                           parse_overrides(config_overrides), config_name)
     torch.manual_seed(seed)
     try:
-        return auto.from_config(config)
+        try:  # PyTorch's fused attention kernels; models without them fall back to the default
+            return auto.from_config(config, attn_implementation="sdpa")
+        except (ValueError, ImportError, TypeError):
+            torch.manual_seed(seed)
+            return auto.from_config(config)
     except ValueError as e:
         raise ConfigError(f"--model_type {config.model_type} has no {'masked' if mlm else 'causal'} LM head "
                           f"({str(e).splitlines()[0]}).") from e

@@ -244,4 +244,6 @@ def test_split_document_pieces_rejoin():
     doc = ("line of text\n" * 20_000) + "  indented\n\n" + "tail"
     pieces = tokmod._split_document(doc)
     assert "".join(pieces) == doc and len(pieces) > 1
-    assert all(p.endswith("\n") and len(p) >= tokmod._PIECE_CHARS for p in pieces[:-1])
+    # each cut is just before a single space/newline between non-space characters
+    assert all(len(p) >= tokmod._PIECE_CHARS and not p[-1].isspace() for p in pieces[:-1])
+    assert all(p[0] in " \n" and not p[1].isspace() for p in pieces[1:])

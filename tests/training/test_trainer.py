@@ -205,3 +205,23 @@ def test_start_summary_names_ineffective_settings(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "effective batch 8" in out and "96 tokens per optimizer step" in out
     assert "num_train_epochs (max_steps is set)" in out and "eval_steps (eval_strategy is 'no')" in out
+
+
+def test_nan_policy_skip_leaves_weights_untouched_and_counts(tmp_path):
+    model = tiny_gpt2()
+    poison = {"on": False}
+    model.lm_head.register_forward_hook(lambda mod, inp, out: out * float("nan") if poison["on"] else out)
+
+    class PoisonSecondStep(TrainerCallback):
+        """The second step's forward yields NaN logits, as an overflow would."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            poison["on"] = state.global_step == 1
+
+    trainer = Trainer(model=model, args=make_args(tmp_path, max_steps=4, logging_steps=4, nan_policy="skip",
+                                                   per_device_train_batch_size=4),
+                      train_dataset=ragged_dataset(), data_collator=stack, callbacks=[PoisonSecondStep()])
+    trainer.train()
+    record = [r for r in trainer.state.log_history if "loss" in r][0]
+    assert record["skipped_steps"] == 1 and math.isfinite(record["loss"])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -9,10 +9,15 @@ finished one.
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,8 @@ EOS_TOKEN, PAD_TOKEN, MASK_TOKEN = "<|endoftext|>", "<pad>", "<mask>"
 SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, MASK_TOKEN]
 
 _PIECE_CHARS = 1 << 16  # long documents are encoded in pieces of about this size ...
-_BATCH_CHARS = 1 << 22  # ... and pieces are sent to the tokenizer in batches of about this size
+_BATCH_CHARS = 1 << 21  # ... and pieces are sent to the tokenizer in batches of about this size
+_READ_BYTES = 1 << 20  # .txt files are read (and decoded) this many bytes at a time
 _TOKENS_FILE, _OFFSETS_FILE, _META_FILE = "tokens.bin", "doc_offsets.npy", "meta.json"
 
 
@@ -187,8 +193,8 @@ def _separator_id(tokenizer: Any) -> int:
     )
 
 
-def _encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
-    """A function mapping a batch of texts to id lists, without special tokens."""
+def _hf_encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    """The tokenizer's own batch encoder (``tokenizers`` spreads a batch over every core)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -202,21 +208,49 @@ def _encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
-def _split_document(doc: str) -> list[str]:
-    """Cut ``doc`` after newlines that precede non-space text, about every _PIECE_CHARS.
+def _encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
+    """A function mapping a batch of texts to id lists, without special tokens.
 
-    For GPT-2 style pre-tokenizers such a point is always a pre-token boundary,
-    so encoding the pieces separately gives the same ids as the whole text.
+    The fastest exact encoder available: for byte-level BPE tokenizers a
+    tiktoken encoder checked to give the tokenizer's own ids (see
+    :mod:`lmtrain.data.fast_bpe`; ``LMTRAIN_NO_FAST_BPE=1`` turns it off),
+    otherwise the tokenizer's batch encoder. Either way the ids are the same,
+    so the cache fingerprint does not depend on which one ran.
     """
+    from lmtrain.data.fast_bpe import make_fast_encoder
+
+    fast = make_fast_encoder(tokenizer)
+    if fast is not None:
+        return fast
+    return _hf_encoder(tokenizer)
+
+
+def _encoder_name(encode: Callable[..., Any]) -> str:
+    from lmtrain.data.fast_bpe import FastBPEEncoder
+
+    return "tiktoken" if isinstance(encode, FastBPEEncoder) else "tokenizers"
+
+
+# A piece boundary: just before a single space or newline between two non-space
+# characters. For GPT-2 style pre-tokenizers (and most others) such a point
+# always starts a new pre-token whatever follows, and the pre-token before it
+# ends there whatever precedes, so encoding the pieces separately gives the ids
+# of the whole text. (A newline after other whitespace is not such a point:
+# "\n\n" + "X" pre-tokenizes as "\n", "\n", "X" but "\n\n" at the end of a piece
+# as one pre-token.) Python's \s covers every character the tokenizers' regexes
+# treat as whitespace.
+_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
+
+
+def _split_document(doc: str) -> list[str]:
+    """Cut ``doc`` at piece boundaries (see ``_CUT``), about every _PIECE_CHARS."""
     pieces, start, n = [], 0, len(doc)
     while n - start > _PIECE_CHARS:
-        cut = doc.find("\n", start + _PIECE_CHARS)
-        while cut != -1 and cut + 1 < n and doc[cut + 1].isspace():
-            cut = doc.find("\n", cut + 1)
-        if cut == -1 or cut + 1 >= n:
+        m = _CUT.search(doc, start + _PIECE_CHARS)
+        if m is None:
             break
-        pieces.append(doc[start : cut + 1])
-        start = cut + 1
+        pieces.append(doc[start : m.start()])
+        start = m.start()
     pieces.append(doc[start:])
     return pieces
 
@@ -224,15 +258,30 @@ def _split_document(doc: str) -> list[str]:
 _PROBE = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n"
     "x = 1\t# tab\n'Tis 42 o'clock, naïve café — ünïcödé 漢字.\r\nEnd\n\n\nTHE END\n"
+    "it's 'tis don't 12 345 6.7 -- ... (a) [b] {c} a\nb 1\n2 .\n. 'll\n's x \n y\t\nz "
+    "<|endoftext|> a<|endoftext|>b <pad>\n<mask> 日本 語 🙂 🙂\n🙂 e\u0301 f\u00a0g h\u3000i ¿qué?\n"
 )
 
 
-def _splitting_is_exact(encode: Callable[[list[str]], list[list[int]]]) -> bool:
+def _splitting_is_exact(encode: Callable[[list[str]], list[list[int]]], tokenizer: Any = None) -> bool:
     """Check on a probe text that this tokenizer gives the same ids piecewise."""
-    cuts = [i + 1 for i, ch in enumerate(_PROBE[:-1]) if ch == "\n" and not _PROBE[i + 1].isspace()]
+    added = _added_token_texts(tokenizer)
+    if any(_CUT.search(f"x{t}x") or "\n" in t or " " in t for t in added):
+        return False  # an added token could span a piece boundary
+    cuts = [m.start() for m in _CUT.finditer(_PROBE)]
     pieces = [_PROBE[a:b] for a, b in zip([0] + cuts, cuts + [len(_PROBE)])]
     whole = encode([_PROBE])[0]
-    return whole == [i for ids in encode(pieces) for i in ids]
+    return list(whole) == [i for ids in encode(pieces) for i in ids]
+
+
+def _added_token_texts(tokenizer: Any) -> list[str]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        if backend is not None:
+            return [str(t.content) for t in backend.get_added_tokens_decoder().values()]
+        return list(tokenizer.get_added_vocab())
+    except Exception:
+        return []
 
 
 def build_token_cache(
@@ -243,11 +292,15 @@ def build_token_cache(
     encoding_errors: str = "strict",
     overwrite: bool = False,
     append_eos: bool = True,
+    progress: bool | None = None,
 ) -> TokenCache:
     """Tokenize ``files`` once into ``<cache_dir>/tokens-<fingerprint>`` and memory-map it.
 
     A complete cache with the same fingerprint (files' paths, sizes and mtimes,
-    tokenizer, options) is reused unless ``overwrite``.
+    tokenizer, options) is reused unless ``overwrite``. Files are read in
+    bounded chunks, so memory stays flat however large the corpus is (one
+    document of a JSON/CSV/parquet file is held whole). ``progress`` shows a
+    bar of bytes read on stderr (default: when stderr is a terminal).
     """
     check_encoding_errors(encoding_errors)
     files = [Path(f) for f in files]
@@ -275,7 +328,9 @@ def build_token_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_cache(tmp, files, tokenizer, text_column, encoding_errors, eos_id, vocab_size, fp)
+        _write_cache(
+            tmp, files, tokenizer, text_column, encoding_errors, eos_id, vocab_size, fp, progress
+        )
         _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -311,6 +366,85 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _Progress:
+    """A tqdm bar of input bytes on stderr, or nothing."""
+
+    def __init__(self, files: Sequence[Path], show: bool | None) -> None:
+        self.bar = None
+        self.done = 0
+        if show is None:
+            show = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        if show:
+            from tqdm.auto import tqdm
+
+            total = sum(os.stat(f).st_size for f in files)
+            self.bar = tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                desc="tokenizing", file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
+            )
+
+    def to(self, done: int) -> None:
+        if self.bar is not None and done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _streamable_txt(path: Path) -> str | None:
+    """'txt' / 'gz' for plain-text files this module reads itself in chunks, else None."""
+    name = path.name.lower()
+    if name.endswith(".txt"):
+        return "txt"
+    if name.endswith(".txt.gz"):
+        return "gz"
+    return None
+
+
+def _reader_error(path: Path, text_column: str, encoding_errors: str, cause: BaseException | None) -> BaseException:
+    """The reader's own error for a file the chunked reader could not read."""
+    try:
+        for _ in iter_documents([path], text_column=text_column, encoding_errors=encoding_errors):
+            pass
+    except DataError as e:
+        return e
+    return cause if cause is not None else DataError(f"{path} could not be read")
+
+
+def _txt_pieces(
+    path: Path, compressed: bool, errors: str, on_read: Callable[[int], None]
+) -> Iterator[str]:
+    """One .txt file's text (one document), read in bounded chunks and cut into
+    pieces at boundaries where encoding separately is exact (see ``_CUT``)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors)  # as the reader decodes
+    buf = ""
+    scanned = 0  # no boundary starts in buf[:scanned]
+    with open(path, "rb") as raw:
+        src: Any = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        while True:
+            chunk = src.read(_READ_BYTES)
+            on_read(raw.tell())
+            buf += decoder.decode(chunk, final=not chunk)
+            if not chunk:
+                break
+            pos = 0
+            while len(buf) - pos > _PIECE_CHARS:
+                m = _CUT.search(buf, max(pos + _PIECE_CHARS, scanned))
+                if m is None:
+                    # The last character may yet become a boundary; the rest cannot.
+                    scanned = max(len(buf) - 1, scanned)
+                    break
+                yield buf[pos : m.start()]
+                pos = m.start()
+            if pos:
+                buf = buf[pos:]
+                scanned = max(scanned - pos, 0)
+    if buf:
+        yield from _split_document(buf)
+
+
 def _write_cache(
     out: Path,
     files: Sequence[Path],
@@ -320,53 +454,90 @@ def _write_cache(
     eos_id: int | None,
     vocab_size: int,
     fingerprint: str,
+    progress: bool | None = None,
 ) -> None:
     dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
     encode = _encoder(tokenizer)
-    can_split = _splitting_is_exact(encode)
+    can_split = _splitting_is_exact(encode, tokenizer)
     offsets = array("q", [0])
     num_tokens = num_bytes = 0
     batch: list[str] = []
     ends: list[bool] = []  # ends[i]: batch[i] is the last piece of its document
     batch_chars = 0
+    eos = [] if eos_id is None else [eos_id]
 
     def flush() -> None:
         nonlocal num_tokens, batch_chars
         if not batch:
             return
-        ids: list[int] = []
+        parts = []
+        count = num_tokens
         for piece_ids, last in zip(encode(batch), ends):
-            ids.extend(piece_ids)
             if last:
-                if eos_id is not None:
-                    ids.append(eos_id)
-                offsets.append(num_tokens + len(ids))
-        arr = np.asarray(ids, dtype=np.int64)
-        if arr.size and (arr.max() >= vocab_size or arr.min() < 0):
-            bad = int(arr.max() if arr.max() >= vocab_size else arr.min())
+                piece_ids = list(piece_ids) + eos
+            if len(piece_ids):
+                parts.append(np.array(piece_ids, dtype=np.int64))
+                count += len(piece_ids)
+            if last:
+                offsets.append(count)
+        batch.clear()
+        ends.clear()
+        batch_chars = 0
+        if not parts:
+            return
+        arr = np.concatenate(parts)
+        del parts
+        hi, lo = int(arr.max()), int(arr.min())
+        if hi >= vocab_size or lo < 0:
+            bad = hi if hi >= vocab_size else lo
             raise DataError(
                 f"the tokenizer produced token id {bad}, outside its vocabulary of {vocab_size}; "
                 "use a consistent tokenizer (re-save or retrain it)"
             )
         arr.astype(dtype).tofile(fh)
-        num_tokens += arr.size
-        batch.clear()
-        ends.clear()
-        batch_chars = 0
+        num_tokens = count
 
-    with open(out / _TOKENS_FILE, "wb") as fh:
-        for doc in iter_documents(files, text_column=text_column, encoding_errors=encoding_errors):
-            num_bytes += len(doc.encode("utf-8"))
-            pieces = _split_document(doc) if can_split and len(doc) > _PIECE_CHARS else [doc]
-            for k, piece in enumerate(pieces):
-                batch.append(piece)
-                ends.append(k == len(pieces) - 1)
-                batch_chars += len(piece)
-                if batch_chars >= _BATCH_CHARS:
-                    flush()
-        flush()
-        fh.flush()
-        os.fsync(fh.fileno())
+    def add(pieces: Iterator[str]) -> None:
+        """Queue one document, given as consecutive pieces."""
+        nonlocal num_bytes, batch_chars
+        prev = None
+        for piece in pieces:
+            if prev is not None:
+                add_piece(prev, False)
+            prev = piece
+        add_piece(prev if prev is not None else "", True)
+
+    def add_piece(piece: str, last: bool) -> None:
+        nonlocal num_bytes, batch_chars
+        num_bytes += len(piece) if piece.isascii() else len(piece.encode("utf-8"))
+        batch.append(piece)
+        ends.append(last)
+        batch_chars += len(piece)
+        if batch_chars >= _BATCH_CHARS:
+            flush()
+
+    bar = _Progress(files, progress)
+    read_before = 0  # input bytes of the files already done
+    try:
+        with open(out / _TOKENS_FILE, "wb") as fh:
+            for f in files:
+                size = os.stat(f).st_size
+                kind = _streamable_txt(f) if can_split else None
+                if kind is not None:
+                    _add_txt(f, kind, text_column, encoding_errors, add, lambda n: bar.to(read_before + n))
+                else:
+                    seen = 0
+                    for doc in iter_documents([f], text_column=text_column, encoding_errors=encoding_errors):
+                        add(iter(_split_document(doc) if can_split and len(doc) > _PIECE_CHARS else [doc]))
+                        seen += len(doc)  # characters: an estimate of the bytes read
+                        bar.to(read_before + min(seen, size))
+                read_before += size
+                bar.to(read_before)
+            flush()
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        bar.close()
     num_documents = len(offsets) - 1
     if num_tokens == 0:
         raise DataError(
@@ -382,7 +553,37 @@ def _write_cache(
         "fingerprint": fingerprint,
         "pipeline_version": PIPELINE_VERSION,
         "files": [str(Path(f).resolve()) for f in files],
+        "encoder": _encoder_name(encode),  # informational: both encoders give the same ids
         "complete": True,
     }
     # meta.json is written last: its presence marks the directory complete.
     (out / _META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _add_txt(
+    path: Path,
+    kind: str,
+    text_column: str,
+    encoding_errors: str,
+    add: Callable[[Iterator[str]], None],
+    on_read: Callable[[int], None],
+) -> None:
+    """Queue a .txt file (one document) read in chunks; errors are the reader's."""
+    compressed = kind == "gz"
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if os.stat(path).st_size == 0 or (magic == b"\x1f\x8b") != compressed:
+        raise _reader_error(path, text_column, encoding_errors, None)  # empty, or gzip mislabelled
+    pieces = _txt_pieces(path, compressed, encoding_errors, on_read)
+    try:
+        first = next(pieces, None)
+        if first is None:  # e.g. only a byte-order mark
+            raise _reader_error(path, text_column, encoding_errors, None)
+        add(_chain_first(first, pieces))
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise _reader_error(path, text_column, encoding_errors, e) from None
+
+
+def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest

@@ -27,7 +27,11 @@ from .evaluate import EvalLoopOutput, PredictionOutput, evaluation_loop
 from .loss import count_label_tokens, label_shift, output_logits, token_loss_sum
 from .optim import build_optimizer, build_scheduler, current_lr
 from .plan import RunPlan, describe_run, set_seed
+from .results import format_metrics, save_metrics, write_model_card
+from .signals import StopRequest
 from .state import TrainState
+from .window import LogWindow
+from .flops import flops_per_token, peak_flops
 
 
 class TrainOutput(NamedTuple):
@@ -82,6 +86,7 @@ class Trainer:
         self.callback_handler = CallbackHandler(default_cbs + list(callbacks or []), model=self.model,
                                                 processing_class=self.processing_class)
         self.ignored_kwargs = sorted(unused)
+        self.interrupted: Optional[str] = None
         self.control = self._fire("on_init_end")
 
     # ---- transformers-compatible small API ------------------------------------------------------
@@ -203,27 +208,42 @@ class Trainer:
             local += count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
         return self.rt.sum_int(local)
 
-    def _optimizer_step(self, model: torch.nn.Module) -> torch.Tensor:
-        """Unscale, clip, step, schedule; returns the gradient norm as a device tensor (no sync)."""
+    def _optimizer_step(self, model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Unscale, clip, step, schedule. Returns (grad norm, skipped) as device tensors: no sync.
+
+        With nan_policy="skip" a step whose gradients are not finite changes nothing: the fused AdamW
+        kernels take the flag on the device (`found_inf`, as GradScaler uses them); other optimizers
+        read it on the host, which is the one synchronisation that policy costs them.
+        """
         scaler, opt = self.rt.scaler, self.optimizer
         if scaler is not None:
             scaler.unscale_(opt)
         params = [p for p in model.parameters() if p.grad is not None]
         if self.args.max_grad_norm and self.args.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm, foreach=True)
+        elif params:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params \
-                else torch.zeros((), device=self.rt.device)
+            norm = torch.zeros((), device=self.rt.device)
+        skipped = torch.zeros((), dtype=torch.bool, device=self.rt.device)
         self.control = self._fire("on_pre_optimizer_step")
         if scaler is not None:
-            scaler.step(opt)
+            scaler.step(opt)  # the scaler skips non-finite steps itself
             scaler.update()
+        elif self.args.nan_policy == "skip":
+            skipped = ~torch.isfinite(norm)
+            if opt.defaults.get("fused"):
+                opt.found_inf = skipped.float()
+                opt.step()
+                del opt.found_inf
+            elif not bool(skipped):
+                opt.step()
         else:
             opt.step()
         self.control = self._fire("on_optimizer_step")
         self.lr_scheduler.step()
         opt.zero_grad(set_to_none=True)
-        return norm.detach()
+        return norm.detach(), skipped
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -245,11 +265,26 @@ class Trainer:
                                      scaler=self.rt.scaler, state=self.state)
         if self.rt.is_main:
             print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
-        model = wrap_model(self.model, self.rt)
+        model = wrap_model(self.model, self.rt, compile=args.torch_compile)
         self.model_wrapped = model
-        window = _Window(self.rt.device, self.state)
+        window = LogWindow(self.rt.device, self.state)
+        self._mfu_scale = self._mfu_denominator(plan)
         self.control = self._fire("on_train_begin")
         start = time.perf_counter()
+        with StopRequest() as stop:
+            self._loop(model, loader, plan, window, stop)
+        runtime = time.perf_counter() - start
+        if window.steps:
+            self._log_window(window)
+        self._fire("on_train_end")
+        if stop.signal is not None:
+            self._stopped_by_signal(stop.signal)
+        if args.load_best_model_at_end and self.state.best_model_checkpoint and stop.signal is None:
+            ckpt.load_model_weights(self.model, self.state.best_model_checkpoint)
+        return self._train_output(plan, window, runtime)
+
+    def _loop(self, model: torch.nn.Module, loader: Any, plan: RunPlan, window: LogWindow, stop: StopRequest) -> None:
+        """One optimizer step per iteration: forward/backward every micro-batch, step, then log/eval/save."""
         for epoch_end, micro_batches in self._steps(loader, plan):
             self.control = self._fire("on_step_begin")
             num_items = self._label_tokens(micro_batches)
@@ -259,21 +294,32 @@ class Trainer:
                 with self.rt.no_sync(model, last_micro_batch=i == len(micro_batches) - 1):
                     step_loss += self.training_step(model, to_device(batch, self.rt.device), num_items)
                 self.control = self._fire("on_substep_end") if i < len(micro_batches) - 1 else self.control
-            grad_norm = self._optimizer_step(model)
-            window.add(step_loss, grad_norm, self.state.global_step + 1)
+            grad_norm, skipped = self._optimizer_step(model)
+            window.add(step_loss, grad_norm, self.state.global_step + 1, skipped)
             self.state.global_step += 1
             self.state.epoch = self.state.data_epoch + self.state.batches_in_epoch / max(plan.batches_per_epoch, 1)
             self.control = self._fire("on_step_end")
+            if stop.signal is not None:  # SIGTERM/SIGINT: this step is done; save it and leave
+                self.control.should_save = self.control.should_training_stop = True
             self._after_step(plan, window, epoch_end)
             if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
                 break
-        runtime = time.perf_counter() - start
-        if window.steps:
-            self._log_window(window)
-        self._fire("on_train_end")
-        if args.load_best_model_at_end and self.state.best_model_checkpoint:
-            ckpt.load_model_weights(self.model, self.state.best_model_checkpoint)
-        return self._train_output(plan, window, runtime)
+
+    def _stopped_by_signal(self, name: str) -> None:
+        self.interrupted = name
+        if self.rt.is_main:
+            where = ckpt.latest_checkpoint(self.args.output_dir)
+            print(f"stopped by {name} after step {self.state.global_step}; saved {where}. Resume with "
+                  f"`lmtrain train ... --resume` or trainer.train(resume_from_checkpoint=True).", flush=True)
+
+    def _mfu_denominator(self, plan: RunPlan) -> Optional[float]:
+        """FLOPs per token / peak FLOP/s of all processes: MFU = tokens/s times this."""
+        if not plan.seq_len:
+            return None
+        peak = peak_flops(self.rt.device, self.rt.amp_dtype)
+        if not peak:
+            return None
+        return flops_per_token(self.model, plan.seq_len) / (peak * self.rt.world_size)
 
     def _steps(self, loader: Any, plan: RunPlan) -> Iterator[Tuple[bool, List[Dict[str, Any]]]]:
         """Yield (is_last_step_of_epoch, micro-batches of one optimizer step), from the saved data position."""
@@ -309,7 +355,7 @@ class Trainer:
             if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
                 return
 
-    def _after_step(self, plan: RunPlan, window: "_Window", epoch_end: bool) -> None:
+    def _after_step(self, plan: RunPlan, window: "LogWindow", epoch_end: bool) -> None:
         """Decide, from the strategies and the callbacks' control flags, whether to log, evaluate, save."""
         args, step = self.args, self.state.global_step
         last = step >= plan.total_steps
@@ -331,26 +377,36 @@ class Trainer:
         window.started += time.perf_counter() - paused  # throughput counts training time only
         self.control._new_step()
 
-    def _log_window(self, window: "_Window") -> None:
+    def _log_window(self, window: LogWindow) -> None:
         """Read the device accumulators (the only host synchronisation of the step) and log them."""
+        self._check_finite(window)
         record = window.read(self.rt)
-        if record["first_bad_step"] is not None:
-            raise TrainingError(
-                f"the loss became NaN or infinite at step {record['first_bad_step']}; lower the learning rate "
-                f"(now {current_lr(self.lr_scheduler):.3g}) or set max_grad_norm, and resume from the last checkpoint."
-            )
-        record.pop("first_bad_step")
         record["learning_rate"] = current_lr(self.lr_scheduler)
+        if getattr(self, "_mfu_scale", None):
+            record["mfu"] = round(record["tokens_per_second"] * self._mfu_scale, 4)
         tokens = record.pop("tokens")
         self.state.num_input_tokens_seen += tokens
         self.state.total_flos += 6.0 * self.num_parameters * tokens
         self.log(record)
         window.reset(self.state)
 
-    def _save_checkpoint(self, window: "_Window", metrics: Optional[Dict[str, float]]) -> None:
+    def _check_finite(self, window: LogWindow) -> None:
+        """nan_policy=stop: fail on the first non-finite step, naming it; the last good checkpoint stays."""
+        if self.args.nan_policy != "stop":
+            return
+        bad = window.bad_step()
+        if bad >= 0:
+            last = ckpt.latest_checkpoint(self.args.output_dir)
+            raise TrainingError(
+                f"the loss became NaN or infinite at step {bad}; lower the learning rate "
+                f"(now {current_lr(self.lr_scheduler):.3g}) or set max_grad_norm, then resume from "
+                f"{last or 'the start'} (or pass --nan_policy skip)."
+            )
+
+    def _save_checkpoint(self, window: "LogWindow", metrics: Optional[Dict[str, float]]) -> None:
+        if self.args.nan_policy == "stop" and window.bad_step() >= 0:
+            self._check_finite(window)  # never save weights a NaN step touched: stop with the last good one
         window.store(self.state)  # the running loss of this logging window travels with the checkpoint
-        if window.bad():
-            return  # never save weights that a NaN step touched; the previous checkpoint stays the latest
         if metrics is not None and self.args.metric_for_best_model:
             self._update_best(metrics)
         if not self.rt.is_main:
@@ -398,7 +454,7 @@ class Trainer:
                                f"to continue, or overwrite_output_dir=True (--overwrite_output_dir) to start over.")
         return None
 
-    def _train_output(self, plan: RunPlan, window: "_Window", runtime: float) -> TrainOutput:
+    def _train_output(self, plan: RunPlan, window: "LogWindow", runtime: float) -> TrainOutput:
         state = self.state
         steps_here = max(state.global_step - window.first_step + 1, 1)
         train_loss = window.total_loss(self.rt) / max(state.global_step, 1)
@@ -478,107 +534,18 @@ class Trainer:
             self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
 
     def log_metrics(self, split: str, metrics: Dict[str, float]) -> None:
-        if not self.rt.is_main:
-            return
-        print(f"***** {split} metrics *****")
-        width = max((len(k) for k in metrics), default=0)
-        for key in sorted(metrics):
-            value = metrics[key]
-            print(f"  {key:<{width}} = {value:.4g}" if isinstance(value, float) else f"  {key:<{width}} = {value}")
+        if self.rt.is_main:
+            print(format_metrics(split, metrics))
 
     def save_metrics(self, split: str, metrics: Dict[str, float], combined: bool = True) -> None:
         """Write {split}_results.json (and merge into all_results.json), as transformers does."""
-        import json
-
-        if not self.rt.is_main:
-            return
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, f"{split}_results.json"), "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
-        if combined:
-            path = os.path.join(self.args.output_dir, "all_results.json")
-            merged = json.load(open(path)) if os.path.exists(path) else {}
-            merged.update(metrics)
-            with open(path, "w") as f:
-                json.dump(merged, f, indent=2, sort_keys=True)
+        if self.rt.is_main:
+            save_metrics(self.args.output_dir, split, metrics, combined)
 
     def create_model_card(self, **kwargs: Any) -> None:
-        """A short README.md in output_dir: what was trained, on what, and the last evaluation."""
-        if not self.rt.is_main:
-            return
-        evals = [r for r in self.state.log_history if any(k.startswith("eval_loss") for k in r)]
-        lines = [f"# {kwargs.get('model_name') or os.path.basename(os.path.abspath(self.args.output_dir))}", "",
-                 f"Trained with lmtrain for {self.state.global_step} steps ({self.state.epoch:.2f} epochs).", ""]
-        for key in ("finetuned_from", "dataset", "dataset_name", "tasks"):
-            if kwargs.get(key):
-                lines.append(f"- {key}: {kwargs[key]}")
-        if evals:
-            lines += ["", "Last evaluation:", ""] + [f"- {k}: {v}" for k, v in evals[-1].items()]
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-
-
-class _Window:
-    """Device-side accumulators of one logging window: read only when a record is logged."""
-
-    def __init__(self, device: torch.device, state: TrainState) -> None:
-        self.device = device
-        self.loss_sum = torch.tensor(float(state.window_loss_sum), device=device)
-        self.all_loss_sum = torch.tensor(float(state.train_loss_sum), device=device)
-        self.first_bad = torch.tensor(-1, device=device)
-        self.grad_norm = torch.zeros((), device=device)
-        self.steps = state.window_steps
-        self.tokens = state.window_tokens
-        self.total_tokens = 0
-        self.first_step = state.global_step + 1
-        self.started = time.perf_counter()
-
-    def add(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(step_loss)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        self.loss_sum += step_loss
-        self.all_loss_sum += step_loss
-        self.grad_norm = grad_norm
-        self.steps += 1
-
-    def bad(self) -> bool:
-        return bool(self.first_bad >= 0)
-
-    def read(self, rt: Any) -> Dict[str, Any]:
-        loss = self.loss_sum.clone()
-        if rt.distributed:  # each rank holds its share of the global token-weighted loss
-            rt.all_reduce_sum(loss)
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        tokens = rt.sum_int(self.tokens)
-        first_bad = int(self.first_bad)
-        return {
-            "loss": float(loss) / max(self.steps, 1),
-            "grad_norm": float(self.grad_norm),
-            "tokens_per_second": round(tokens / elapsed, 1),
-            "tokens": tokens,
-            "first_bad_step": first_bad if first_bad >= 0 else None,
-        }
-
-    def reset(self, state: TrainState) -> None:
-        self.total_tokens += self.tokens
-        self.loss_sum.zero_()
-        self.steps = 0
-        self.tokens = 0
-        self.started = time.perf_counter()
-        self.store(state)
-
-    def store(self, state: TrainState) -> None:
-        state.window_loss_sum = float(self.loss_sum)
-        state.window_steps = self.steps
-        state.window_tokens = self.tokens
-        state.train_loss_sum = float(self.all_loss_sum)
-
-    def total_loss(self, rt: Any) -> float:
-        total = self.all_loss_sum.clone()
-        if rt.distributed:
-            rt.all_reduce_sum(total)
-        return float(total)
+        if self.rt.is_main:
+            write_model_card(self.args.output_dir, self.state.log_history, self.state.global_step,
+                             self.state.epoch, **kwargs)
 
 
 def _default_collator(processing_class: Any) -> Callable:
