@@ -431,7 +431,9 @@ def test_sigkill_at_random_moments_never_leaves_an_unusable_latest_checkpoint(en
         kills += 1
         mid_save += bool(saves_in_progress(out))
         latest = latest_checkpoint(str(out))
-        assert latest is not None, f"attempt {attempt}: no complete checkpoint after the kill"
+        if latest is None:  # killed while writing the very first checkpoint: the next run starts afresh
+            assert best == 0, f"attempt {attempt}: checkpoint-{best} vanished; no complete checkpoint is left"
+            continue
         step = assert_usable_checkpoint(latest)
         assert step >= best, f"attempt {attempt}: latest checkpoint went back from {best} to {step}"
         best = step

@@ -134,8 +134,13 @@ def save_checkpoint(
     state: Any,
     args: Any,
     extra: Optional[Dict[str, Any]] = None,
+    other_ranks_rng: Optional[List[str]] = None,
 ) -> str:
-    """Write checkpoint-<step> atomically and return its path."""
+    """Write checkpoint-<step> atomically and return its path.
+
+    `other_ranks_rng`: RNG files other processes wrote beside the checkpoint (see `write_rank_rng`);
+    they are moved inside before the completion marker.
+    """
     final = os.path.join(output_dir, f"{PREFIX}-{step}")
     tmp = os.path.join(output_dir, f".{PREFIX}-{step}.tmp-{os.getpid()}")
     os.makedirs(output_dir, exist_ok=True)
@@ -152,6 +157,8 @@ def save_checkpoint(
             if scaler is not None:
                 torch.save(scaler.state_dict(), os.path.join(tmp, "scaler.pt"))
             torch.save({**rng_state(), **(extra or {})}, os.path.join(tmp, "rng_state.pt"))
+            for path in other_ranks_rng or []:
+                os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
         state.save_to_json(os.path.join(tmp, "trainer_state.json"))
         with open(os.path.join(tmp, "training_args.json"), "w", encoding="utf-8") as f:
             f.write(args.to_json_string() + "\n")
@@ -175,6 +182,14 @@ def save_checkpoint(
             f"(free disk space or fix the permissions of {output_dir})."
         ) from e
     return final
+
+
+def write_rank_rng(output_dir: str, step: int, rank: int) -> str:
+    """A non-zero rank's RNG state, written beside the checkpoint rank 0 is about to save."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f".rng-{step}.rng_state_{rank}.pt")
+    torch.save(rng_state(), path)
+    return path
 
 
 def is_complete(path: str) -> bool:
@@ -210,6 +225,9 @@ def remove_incomplete(output_dir: str) -> List[str]:
         if partial and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+        elif name.startswith(".rng-") and os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
     return removed
 
 
@@ -244,7 +262,9 @@ def load_training_state(ckpt_dir: str, *, optimizer, scheduler, scaler, state) -
         scaler.load_state_dict(torch.load(path("scaler.pt"), weights_only=False))
     with open(path("trainer_state.json"), encoding="utf-8") as f:
         state.load_state_dict(json.load(f))
-    saved = torch.load(path("rng_state.pt"), weights_only=False)
+    rank = int(os.environ.get("RANK", 0))
+    own = path(f"rng_state_{rank}.pt")
+    saved = torch.load(own if rank and os.path.exists(own) else path("rng_state.pt"), weights_only=False)
     set_rng_state(saved)
     return {k: v for k, v in saved.items() if k not in ("python", "numpy", "cpu", "cuda")}
 

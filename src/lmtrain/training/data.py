@@ -81,18 +81,23 @@ def batch_seed(data_seed: int, epoch: int, index: int) -> int:
 
 
 class ResumableBatchSampler(Sampler[List[int]]):
-    """Yields `[seed, i1, i2, ...]` for each batch of one epoch, starting at batch `start`.
+    """Yields `[seed, i1, i2, ...]` for each batch of one epoch on this rank, starting at batch `start`.
 
     Shuffled order is `torch.randperm(n)` from a generator seeded by (data_seed, epoch): it never
-    touches the global RNG, so model dropout and masking stay reproducible.
+    touches the global RNG, so model dropout and masking stay reproducible. Under torchrun, global
+    batch b is `order[b*B*W : (b+1)*B*W]` and rank r reads its r-th slice of it; the last global batch
+    wraps around to the start of the order, so every rank takes the same number of steps.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, data_seed: int, drop_last: bool) -> None:
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, data_seed: int, drop_last: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.data_seed = data_seed
         self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
 
@@ -100,9 +105,10 @@ class ResumableBatchSampler(Sampler[List[int]]):
         self.epoch, self.start = epoch, start_batch
 
     def __len__(self) -> int:
+        per_step = self.batch_size * self.world_size
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+            return self.num_samples // per_step
+        return -(-self.num_samples // per_step)
 
     def order(self) -> torch.Tensor:
         if not self.shuffle:
@@ -112,9 +118,13 @@ class ResumableBatchSampler(Sampler[List[int]]):
 
     def __iter__(self) -> Iterator[List[int]]:
         order = self.order().tolist()
+        per_step, n = self.batch_size * self.world_size, self.num_samples
         for b in range(self.start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield [batch_seed(self.data_seed, self.epoch, b), *idx]
+            lo = b * per_step + self.rank * self.batch_size
+            idx = [order[i % n] for i in range(lo, lo + self.batch_size)]
+            if self.world_size == 1:  # one process: the last batch is short rather than wrapped
+                idx = order[lo: min(lo + self.batch_size, n)]
+            yield [batch_seed(self.data_seed, self.epoch, b * self.world_size + self.rank), *idx]
 
 
 class SeededFetch(Dataset):
@@ -164,6 +174,8 @@ def make_loader(
     pin_memory: bool,
     persistent_workers: bool = False,
     prefetch_factor: Optional[int] = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader over `dataset`; map-style datasets get the resumable, seeded order."""
     extra: Dict[str, Any] = {}
@@ -176,7 +188,7 @@ def make_loader(
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collator, drop_last=drop_last,
                           num_workers=num_workers, pin_memory=pin_memory, generator=generator, **extra)
-    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle, data_seed, drop_last)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle, data_seed, drop_last, rank, world_size)
     return DataLoader(SeededFetch(dataset), batch_sampler=sampler, collate_fn=SeededCollate(collator),
                       num_workers=num_workers, pin_memory=pin_memory, generator=generator, **extra)
 

@@ -124,6 +124,7 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------------
 
     def _loader(self, dataset: Any, batch_size: int, shuffle: bool, description: str) -> Any:
+        """Training batches are sharded over ranks; evaluation reads the whole set on every rank."""
         args = self.args
         collator = self.data_collator
         if args.remove_unused_columns:
@@ -134,6 +135,7 @@ class Trainer:
             drop_last=args.dataloader_drop_last and shuffle, num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory and self.rt.device.type == "cuda",
             persistent_workers=args.dataloader_persistent_workers, prefetch_factor=args.dataloader_prefetch_factor,
+            rank=self.rt.rank if shuffle else 0, world_size=self.rt.world_size if shuffle else 1,
         )
 
     def get_train_dataloader(self) -> Any:
@@ -267,7 +269,7 @@ class Trainer:
             print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
         model = wrap_model(self.model, self.rt, compile=args.torch_compile)
         self.model_wrapped = model
-        window = LogWindow(self.rt.device, self.state)
+        window = LogWindow(self.rt.device, self.state, self.rt.rank)
         self._mfu_scale = self._mfu_denominator(plan)
         self.control = self._fire("on_train_begin")
         start = time.perf_counter()
@@ -406,20 +408,24 @@ class Trainer:
     def _save_checkpoint(self, window: "LogWindow", metrics: Optional[Dict[str, float]]) -> None:
         if self.args.nan_policy == "stop" and window.bad_step() >= 0:
             self._check_finite(window)  # never save weights a NaN step touched: stop with the last good one
-        window.store(self.state)  # the running loss of this logging window travels with the checkpoint
+        window.store(self.state, self.rt)  # the running loss of this window travels with the checkpoint
         if metrics is not None and self.args.metric_for_best_model:
             self._update_best(metrics)
-        if not self.rt.is_main:
-            return
-        path = ckpt.save_checkpoint(
-            self.args.output_dir, self.state.global_step, model=self.model, tokenizer=self.processing_class,
-            optimizer=self.optimizer, scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state,
-            args=self.args,
-        )
-        if self.state.best_global_step == self.state.global_step:
-            self.state.best_model_checkpoint = path
-            self.state.save_to_json(os.path.join(path, "trainer_state.json"))
-        ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        step, out = self.state.global_step, self.args.output_dir
+        rank_files = [] if self.rt.is_main else [ckpt.write_rank_rng(out, step, self.rt.rank)]
+        self.rt.barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
+        if self.rt.is_main:
+            rank_files = [os.path.join(out, f".rng-{step}.rng_state_{r}.pt") for r in range(1, self.rt.world_size)]
+            path = ckpt.save_checkpoint(
+                out, step, model=self.model, tokenizer=self.processing_class, optimizer=self.optimizer,
+                scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state, args=self.args,
+                other_ranks_rng=rank_files,
+            )
+            if self.state.best_global_step == step:
+                self.state.best_model_checkpoint = path
+                self.state.save_to_json(os.path.join(path, "trainer_state.json"))
+            ckpt.rotate_checkpoints(out, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.rt.barrier()
         self.control = self._fire("on_save")
 
     def _update_best(self, metrics: Dict[str, float]) -> None:

@@ -17,9 +17,11 @@ from .state import TrainState
 class LogWindow:
     """Loss sum, grad norm, NaN flags and token counts since the last logged record."""
 
-    def __init__(self, device: torch.device, state: TrainState) -> None:
-        self.loss_sum = torch.tensor(float(state.window_loss_sum), device=device)
-        self.all_loss_sum = torch.tensor(float(state.train_loss_sum), device=device)
+    def __init__(self, device: torch.device, state: TrainState, rank: int = 0) -> None:
+        # the saved sums are over all ranks; one rank carries them so that read()'s all-reduce adds up
+        own = rank == 0
+        self.loss_sum = torch.tensor(float(state.window_loss_sum) if own else 0.0, device=device)
+        self.all_loss_sum = torch.tensor(float(state.train_loss_sum) if own else 0.0, device=device)
         self.skipped = torch.tensor(0, device=device)
         self.skipped_before = state.nonfinite_steps
         self.first_bad = torch.tensor(-1, device=device)
@@ -70,14 +72,18 @@ class LogWindow:
         self.steps = 0
         self.tokens = 0
         self.started = time.perf_counter()
-        self.store(state)
+        self.store(state, rt=None)
 
-    def store(self, state: TrainState) -> None:
+    def store(self, state: TrainState, rt: Any = None) -> None:
         """Copy the accumulators into the state, so a checkpoint carries the unfinished window."""
-        state.window_loss_sum = float(self.loss_sum)
+        loss, total = self.loss_sum.clone(), self.all_loss_sum.clone()
+        if rt is not None and rt.distributed:
+            rt.all_reduce_sum(loss)
+            rt.all_reduce_sum(total)
+        state.window_loss_sum = float(loss)
         state.window_steps = self.steps
         state.window_tokens = self.tokens
-        state.train_loss_sum = float(self.all_loss_sum)
+        state.train_loss_sum = float(total)
         state.nonfinite_steps = self.skipped_before + int(self.skipped)
 
     def total_loss(self, rt: Any) -> float:

@@ -1,0 +1,38 @@
+"""torchrun on CPU (gloo): 2 processes with batch B match 1 process with batch 2B; checkpoints resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def run(cmd, env):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
+def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subprocess_env):
+    env = dict(subprocess_env, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    run([sys.executable, str(HERE / "_ddp_run.py"), str(tmp_path / "one"), "8", "6", "fresh"], env)
+    run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "two"), "4", "6", "fresh"], env)
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert one.keys() == two.keys()
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+    ckpt = tmp_path / "two" / "checkpoint-6"
+    assert (ckpt / "rng_state.pt").exists() and (ckpt / "rng_state_1.pt").exists()
+    # a checkpoint saved under 2 processes resumes under 2
+    run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "two"), "4", "8", "resume"], env)
+    resumed = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert set(resumed) >= {"7", "8"}
