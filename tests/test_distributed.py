@@ -36,3 +36,19 @@ def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subp
     run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "two"), "4", "8", "resume"], env)
     resumed = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert set(resumed) >= {"7", "8"}
+
+
+def test_fsdp_two_processes_match_one_and_save_a_loadable_model(tmp_path, subprocess_env):
+    env = dict(subprocess_env, OMP_NUM_THREADS="1", LMTRAIN_TEST_FSDP="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    run([sys.executable, str(HERE / "_ddp_run.py"), str(tmp_path / "one"), "8", "6", "fresh"], env)
+    run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "fsdp"), "4", "6", "fresh"], env)
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    two = json.loads((tmp_path / "fsdp" / "losses.json").read_text())
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final")
+    run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "fsdp"), "4", "8", "resume"], env)
+    assert set(json.loads((tmp_path / "fsdp" / "losses.json").read_text())) >= {"7", "8"}

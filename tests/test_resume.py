@@ -185,14 +185,14 @@ class Env:
         self._refs: Dict[tuple, Dict[int, dict]] = {}
         self._n = 0
 
-    def argv(self, out: Path, mlm: bool, workers: int, save_steps: int = SAVE_STEPS, extra=()) -> List[str]:
+    def argv(self, out: Path, mlm: bool, workers: int, save_steps: int = SAVE_STEPS, keep: int = 3) -> List[str]:
         return ["train", "--train_file", str(self.train_file), "--tokenizer_name", str(self.tokenizer),
                 "--cache_dir", str(self.cache), "--output_dir", str(out), *(BERT if mlm else GPT2),
                 "--block_size", "32", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
                 "--max_steps", str(MAX_STEPS), "--logging_steps", "1", "--save_strategy", "steps",
-                "--save_steps", str(save_steps), "--save_total_limit", "3", "--learning_rate", "3e-3",
+                "--save_steps", str(save_steps), "--save_total_limit", str(keep), "--learning_rate", "3e-3",
                 "--validation_split_percentage", "0", "--eval_strategy", "no", "--dataloader_num_workers",
-                str(workers), "--seed", "7", "--report_to", "none", "--disable_tqdm", "true", *extra]
+                str(workers), "--seed", "7", "--report_to", "none", "--disable_tqdm", "true"]
 
     def start(self, argv: List[str]) -> Run:
         self._n += 1
@@ -402,7 +402,7 @@ def test_sigkill_at_random_moments_never_leaves_an_unusable_latest_checkpoint(en
 
     reference = env.reference(False, 0)
     out = env.root / "save-kills"
-    argv = env.argv(out, mlm=False, workers=0, save_steps=1, extra=["--save_total_limit", "2"])
+    argv = env.argv(out, mlm=False, workers=0, save_steps=1, keep=2)
     rng = random.Random(int(os.environ.get("LMTRAIN_RESUME_TEST_SEED", "1234")))
     kills = mid_save = 0
     best = 0
@@ -411,18 +411,20 @@ def test_sigkill_at_random_moments_never_leaves_an_unusable_latest_checkpoint(en
         resume = latest_checkpoint(str(out)) is not None
         before = len(read_log(out))
         run = env.start(argv + (["--resume"] if resume else []))
-        target_save = rng.random() < 0.7  # most kills aim at a save in progress, the rest at any moment
-        delay = rng.uniform(0.0, 0.02) if target_save else rng.uniform(0.0, 0.4)
+        # most kills aim inside the n-th save this process starts, the rest at any moment of its training
+        target_save = rng.randint(1, 3) if rng.random() < 0.7 else 0
+        delay = rng.uniform(0.0, 0.02) if target_save else rng.uniform(0.0, 0.6)
         deadline = time.monotonic() + RUN_TIMEOUT
-        armed_at = None
+        training, seen = False, set()
         while run.poll() is None:
             assert time.monotonic() < deadline, f"attempt {attempt}: no progress:\n{run.output()[-3000:]}"
-            if armed_at is None and len(read_log(out)) > before:  # this process is training
-                armed_at = time.monotonic()
-            if armed_at is not None and (not target_save or saves_in_progress(out)):
-                time.sleep(delay)
-                run.kill()
-                break
+            training = training or len(read_log(out)) > before  # this process has logged a step
+            if training:
+                seen |= {n for n in saves_in_progress(out) if n.endswith(f"-{run.pid}")}
+                if len(seen) >= target_save:
+                    time.sleep(delay)
+                    run.kill()
+                    break
             time.sleep(0.002)
         if run.code == 0:
             finished = True
@@ -439,8 +441,8 @@ def test_sigkill_at_random_moments_never_leaves_an_unusable_latest_checkpoint(en
         best = step
     assert kills >= 3, f"only {kills} kills landed"
     if not finished:
-        resumed = env.run(argv + ["--resume"])
-        assert "resuming from" in resumed.output()
+        resumed = env.run(argv + (["--resume"] if best else []))
+        assert "resuming from" in resumed.output() or not best
     assert not saves_in_progress(out), f"half-written saves left behind: {saves_in_progress(out)}"
     # every step's last record is what an uninterrupted run (saving every 2 steps) logs: saving is invisible
     compare(step_records(out), reference, 0, f"after {kills} kills ({mid_save} inside a save)")

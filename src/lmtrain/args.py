@@ -199,6 +199,8 @@ class TrainingArguments:
 
     resume_from_checkpoint: Optional[str] = None
     """Checkpoint to resume from (used by scripts; `train(resume_from_checkpoint=...)` takes it too)."""
+    fsdp: bool = False
+    """Under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP."""
     ddp_backend: Optional[str] = None
     """torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU)."""
     local_rank: int = -1
@@ -270,6 +272,8 @@ class TrainingArguments:
             raise ConfigError(f"save_total_limit must be at least 1 (or unset), got {self.save_total_limit}.")
         if self.dataloader_num_workers < 0:
             raise ConfigError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
+        if isinstance(self.fsdp, str):  # transformers spells it "full_shard auto_wrap" etc.
+            self.fsdp = self.fsdp.strip().lower() not in ("", "false", "no", "0")
         if self.nan_policy not in ("stop", "skip"):
             raise ConfigError(f"nan_policy={self.nan_policy!r} is not one of stop, skip; pick one of those.")
         if self.push_to_hub:

@@ -15,6 +15,12 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 
 
+@contextlib.contextmanager
+def _fsdp_sync(model: torch.nn.Module, sync: bool):
+    model.set_requires_gradient_sync(sync)  # FSDP2: reduce-scatter only on the step's last micro-batch
+    yield
+
+
 def env_world() -> tuple:
     """(rank, local_rank, world_size) from torchrun's environment variables."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -42,6 +48,8 @@ class Runtime:
     world_size: int = 1
     notes: list = field(default_factory=list)
     """Adjustments made to the user's settings, shown in the start-up summary."""
+    fsdp: bool = False
+    """Parameters are sharded with FSDP2 (set by `shard_model`)."""
 
     @property
     def is_main(self) -> bool:
@@ -66,6 +74,8 @@ class Runtime:
         """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
         if self.distributed and not last_micro_batch and hasattr(model, "no_sync"):
             return model.no_sync()
+        if self.fsdp and hasattr(model, "set_requires_gradient_sync"):
+            return _fsdp_sync(model, last_micro_batch)
         return contextlib.nullcontext()
 
     def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
@@ -126,12 +136,64 @@ def wrap_model(model: torch.nn.Module, rt: Runtime, compile: bool = False) -> to
     """
     if compile:
         model = torch.compile(model)
-    if not rt.distributed:
+    if not rt.distributed or rt.fsdp:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def _repeated_blocks(model: torch.nn.Module) -> list:
+    """The transformer blocks: members of the largest ModuleList whose items share one class."""
+    best: list = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            if len({type(m) for m in module}) == 1:
+                best = list(module)
+    return best
+
+
+def shard_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """FSDP2: shard parameters, gradients and optimizer state of each block, then the root (in place)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=rt.amp_dtype, reduce_dtype=torch.float32) if rt.amp_dtype else None
+    kwargs = {"mp_policy": policy} if policy is not None else {}
+    for block in _repeated_blocks(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    rt.fsdp = True
+    return model
+
+
+def full_state_dicts(model: torch.nn.Module, optimizer: Any, rt: Runtime) -> tuple:
+    """(model, optimizer) state dicts gathered in full on rank 0 under FSDP; (None, None) otherwise.
+
+    Every rank must call this (it is a collective). Checkpoints therefore look the same whether they
+    were saved from 1 process, DDP or FSDP, and `from_pretrained` loads them.
+    """
+    if not getattr(rt, "fsdp", False):
+        return None, None
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def load_full_state_dicts(model: torch.nn.Module, optimizer: Any, model_sd: Any, optim_sd: Any, rt: Runtime) -> None:
+    """Scatter full state dicts (read on every rank from the checkpoint) into an FSDP model and optimizer."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True)
+    if model_sd is not None:
+        set_model_state_dict(model, model_sd, options=opts)
+    if optim_sd is not None:
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optim_sd, options=opts)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

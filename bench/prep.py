@@ -1,0 +1,323 @@
+#!/usr/bin/env python3
+"""Data preparation: lmtrain's token cache against the standard `datasets` recipe.
+
+The recipe (run_clm.py's): ``load_dataset("text", data_files=..., cache_dir=tmp)``,
+``.map(tokenize, batched=True, remove_columns=["text"])``, ``.map(group_texts,
+batched=True)`` with block_size 128. lmtrain: ``prepare_datasets(files, tokenizer,
+128, cache_dir=tmp, validation_split_percentage=5)``, cold (fresh cache dir) and
+warm (again, on the cache the cold run left). Both use the same tokenizer: a
+byte-level BPE (vocab 8192) trained once by ``train_bpe_tokenizer`` on the corpus,
+saved, and loaded by every child with ``AutoTokenizer``.
+
+Every measurement runs in a fresh child process that reports the wall time of the
+preparation call alone (interpreter start, imports and tokenizer loading excluded,
+for both) and its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``: everything
+the process ever held, imports included). The parent imports nothing heavy, so it
+adds nothing to a child's RSS.
+
+Corpora are built in a temp dir by repeating the shared Shakespeare train.txt into
+one .txt file: ``x10`` (the 47 MB comparison) and, for the scaling table, files of
+exactly --sizes MB (cut at a line end). The recipe runs in the scaling table only up
+to --recipe_max_mb (default 50): at 500 MB it would take many minutes and GBs.
+
+    python bench/prep.py                              # comparison (3 repeats) + scaling 5,50,500 MB
+    python bench/prep.py --sizes 5,50 --repeats 1     # quicker
+    python bench/prep.py --skip_scaling --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_TAG = "@@PREP_RESULT "
+MODES = ("recipe", "lmtrain")
+MB = 10**6
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    corpus = os.path.normpath(os.path.join(REPO, "..", "shared", "corpus", "shakespeare", "train.txt"))
+    p.add_argument("--train_file", default=corpus, help="the text repeated into the corpora")
+    p.add_argument("--times", type=int, default=10, help="repetitions for the comparison corpus (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per measurement in the comparison (median)")
+    p.add_argument("--sizes", default="5,50,500", help="scaling table corpus sizes in MB (comma list)")
+    p.add_argument("--scale_repeats", type=int, default=1, help="runs per measurement in the scaling table")
+    p.add_argument("--recipe_max_mb", type=float, default=50, help="largest size the recipe runs at in the scaling table")
+    p.add_argument("--vocab_size", type=int, default=8192)
+    p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--skip_compare", action="store_true")
+    p.add_argument("--skip_scaling", action="store_true")
+    p.add_argument("--no_fast_bpe", action="store_true", help="lmtrain without the tiktoken fast path")
+    p.add_argument("--workdir", default=None, help="keep corpora/tokenizer/caches here (default: a temp dir, removed)")
+    p.add_argument("--json", default=None, help="write all runs and medians here")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per child")
+    p.add_argument("--verbose", action="store_true", help="show the children's output")
+    # child mode (internal)
+    p.add_argument("--child", choices=MODES + ("train_tokenizer",), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# children
+
+
+def _peak_rss() -> int:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb if sys.platform == "darwin" else kb * 1024  # bytes on macOS, KiB on Linux
+
+
+def _report(**result) -> None:
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def child_train_tokenizer(args) -> None:
+    sys.path.insert(0, os.path.join(REPO, "src"))
+    from lmtrain.data.tokenize import train_bpe_tokenizer
+
+    t = time.perf_counter()
+    tok = train_bpe_tokenizer([args.file], vocab_size=args.vocab_size)
+    tok.save_pretrained(args.tokenizer)
+    _report(seconds=time.perf_counter() - t)
+
+
+def child_recipe(args) -> None:
+    from itertools import chain
+
+    import datasets
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    datasets.disable_progress_bars()  # lmtrain shows none when not on a terminal either
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    block_size = args.block_size
+
+    def tokenize_function(examples):
+        return tokenizer(examples["text"])
+
+    def group_texts(examples):
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
+        total_length = len(concatenated[list(examples.keys())[0]])
+        total_length = (total_length // block_size) * block_size
+        result = {
+            k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
+            for k, t in concatenated.items()
+        }
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    rss0 = _peak_rss()
+    t = time.perf_counter()
+    raw = load_dataset("text", data_files={"train": [args.file]}, cache_dir=args.cache)
+    tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
+    lm = tokenized.map(group_texts, batched=True)
+    seconds = time.perf_counter() - t
+    _report(seconds=seconds, peak_rss=_peak_rss(), rss_before=rss0, blocks=len(lm["train"]))
+
+
+def child_lmtrain(args) -> None:
+    sys.path.insert(0, os.path.join(REPO, "src"))
+    from transformers import AutoTokenizer
+
+    from lmtrain.data.pack import prepare_datasets
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    rss0 = _peak_rss()
+    t = time.perf_counter()
+    train, evals, info = prepare_datasets(
+        [args.file], tokenizer, args.block_size, cache_dir=args.cache, validation_split_percentage=5
+    )
+    seconds = time.perf_counter() - t
+    meta = json.loads(open(os.path.join(info["cache_dirs"][0], "meta.json")).read())
+    _report(
+        seconds=seconds, peak_rss=_peak_rss(), rss_before=rss0,
+        blocks=len(train) + (len(evals) if evals is not None else 0),
+        tokens=info["corpus_tokens"], encoder=meta.get("encoder"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# parent
+
+
+def run_child(args, mode, **kw) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--block_size", str(args.block_size),
+           "--vocab_size", str(args.vocab_size)]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "src"), os.environ.get("PYTHONPATH")])))
+    if args.no_fast_bpe:
+        env["LMTRAIN_NO_FAST_BPE"] = "1"
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=args.timeout)
+    if args.verbose:
+        sys.stderr.write(proc.stdout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    sys.stderr.write(proc.stdout[-4000:])
+    raise SystemExit(f"child {mode} failed (exit {proc.returncode})")
+
+
+def build_corpus(src: str, dest: str, *, times: int | None = None, size_mb: float | None = None) -> int:
+    """Write ``src`` repeated ``times`` times, or cut to ``size_mb`` MB at a line end."""
+    with open(src, "rb") as f:
+        data = f.read()
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    written = 0
+    with open(dest, "wb") as out:
+        if times is not None:
+            for _ in range(times):
+                out.write(data)
+            return len(data) * times
+        limit = int(size_mb * MB)
+        while written < limit:
+            part = data[: limit - written]
+            if len(part) < len(data):
+                part = part[: part.rfind(b"\n") + 1] or part
+            out.write(part)
+            written += len(part)
+            if len(part) < len(data):
+                break
+    return written
+
+
+def measure(args, mode, file, tokenizer, tmp, repeats, warm=True) -> dict:
+    """Cold (fresh cache dir) and warm (same dir again) runs of ``mode``, ``repeats`` times."""
+    runs = {"cold": [], "warm": []}
+    for r in range(repeats):
+        cache = tempfile.mkdtemp(prefix=f"{mode}-cache-", dir=tmp)
+        runs["cold"].append(run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache))
+        if warm:
+            runs["warm"].append(run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache))
+        shutil.rmtree(cache, ignore_errors=True)
+        c = runs["cold"][-1]
+        w = runs["warm"][-1] if warm else None
+        print(f"  {mode:8s} run {r + 1}/{repeats}: cold {c['seconds']:.2f}s {c['peak_rss'] / 2**20:.0f} MiB"
+              + (f", warm {w['seconds']:.3f}s {w['peak_rss'] / 2**20:.0f} MiB" if w else ""),
+              file=sys.stderr, flush=True)
+    out = {}
+    for phase, rs in runs.items():
+        if rs:
+            out[phase] = {
+                "seconds": statistics.median(r["seconds"] for r in rs),
+                "peak_rss": statistics.median(r["peak_rss"] for r in rs),
+                "rss_before": statistics.median(r["rss_before"] for r in rs),
+                "runs": rs,
+            }
+    return out
+
+
+def mib(b: float) -> str:
+    return f"{b / 2**20:.0f}"
+
+
+def secs(s: float) -> str:
+    return f"{s:.3f}" if s < 1 else f"{s:.2f}" if s < 100 else f"{s:.0f}"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child == "train_tokenizer":
+        return child_train_tokenizer(args)
+    if args.child == "recipe":
+        return child_recipe(args)
+    if args.child == "lmtrain":
+        return child_lmtrain(args)
+
+    tmp = args.workdir or tempfile.mkdtemp(prefix="lmtrain-prep-bench-")
+    os.makedirs(tmp, exist_ok=True)
+    results: dict = {"args": vars(args), "cpus": os.cpu_count()}
+    try:
+        t0 = time.perf_counter()
+        tok_dir = os.path.join(tmp, "tokenizer")
+        if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+            r = run_child(args, "train_tokenizer", file=args.train_file, tokenizer=tok_dir)
+            print(f"tokenizer: vocab {args.vocab_size} trained in {r['seconds']:.1f}s", file=sys.stderr)
+        src_mb = os.path.getsize(args.train_file) / MB
+        lines = []
+        if not args.skip_compare:
+            file = os.path.join(tmp, f"x{args.times}", "train.txt")
+            size = build_corpus(args.train_file, file, times=args.times)
+            print(f"comparison corpus: {size / MB:.1f} MB ({args.times} x {src_mb:.1f} MB)", file=sys.stderr)
+            rec = measure(args, "recipe", file, tok_dir, tmp, args.repeats)
+            lmt = measure(args, "lmtrain", file, tok_dir, tmp, args.repeats)
+            results["compare"] = {"bytes": size, "recipe": rec, "lmtrain": lmt}
+            rc, rw, lc, lw = rec["cold"], rec["warm"], lmt["cold"], lmt["warm"]
+            lines += [
+                f"### Preparing {size / MB:.1f} MB ({args.times} x the Shakespeare train.txt), "
+                f"{os.cpu_count()} CPUs, block 128, BPE vocab {args.vocab_size}; median of {args.repeats}",
+                "",
+                "| | time (s) | peak RSS (MiB) | RSS after imports (MiB) | speed-up vs recipe cold | RSS vs recipe cold |",
+                "|---|---:|---:|---:|---:|---:|",
+                f"| datasets recipe, cold | {secs(rc['seconds'])} | {mib(rc['peak_rss'])} | {mib(rc['rss_before'])} | 1x | 1.00 |",
+                f"| datasets recipe, warm (its cache) | {secs(rw['seconds'])} | {mib(rw['peak_rss'])} | {mib(rw['rss_before'])} "
+                f"| {rc['seconds'] / rw['seconds']:.1f}x | {rw['peak_rss'] / rc['peak_rss']:.2f} |",
+                f"| lmtrain, cold | {secs(lc['seconds'])} | {mib(lc['peak_rss'])} | {mib(lc['rss_before'])} "
+                f"| **{rc['seconds'] / lc['seconds']:.1f}x** | **{lc['peak_rss'] / rc['peak_rss']:.2f}** |",
+                f"| lmtrain, warm (its cache) | {secs(lw['seconds'])} | {mib(lw['peak_rss'])} | {mib(lw['rss_before'])} "
+                f"| **{rc['seconds'] / lw['seconds']:.0f}x** | {lw['peak_rss'] / rc['peak_rss']:.2f} |",
+                "",
+                f"lmtrain warm vs the recipe's own warm run: {rw['seconds'] / lw['seconds']:.0f}x. "
+                f"lmtrain encoder: {lc['runs'][0].get('encoder')}; {lc['runs'][0].get('tokens'):,} tokens.",
+                "",
+            ]
+        if not args.skip_scaling:
+            sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+            rows = []
+            for mb in sizes:
+                file = os.path.join(tmp, f"{mb:g}mb", "train.txt")
+                size = build_corpus(args.train_file, file, size_mb=mb)
+                print(f"scaling corpus: {size / MB:.1f} MB", file=sys.stderr)
+                lmt = measure(args, "lmtrain", file, tok_dir, tmp, args.scale_repeats)
+                rec = (measure(args, "recipe", file, tok_dir, tmp, args.scale_repeats, warm=False)
+                       if mb <= args.recipe_max_mb else None)
+                os.remove(file)
+                rows.append((mb, size, lmt, rec))
+                results.setdefault("scaling", []).append({"mb": mb, "bytes": size, "lmtrain": lmt, "recipe": rec})
+            lines += [
+                f"### Scaling (one .txt file of the given size; median of {args.scale_repeats}; "
+                f"recipe only up to {args.recipe_max_mb:g} MB)",
+                "",
+                "| corpus | lmtrain cold (s) | MB/s | peak RSS (MiB) | warm (s) | warm peak RSS (MiB) "
+                "| recipe cold (s) | recipe peak RSS (MiB) | speed-up |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for mb, size, lmt, rec in rows:
+                c, w = lmt["cold"], lmt["warm"]
+                rec_cells = ("| not run | not run | |" if rec is None else
+                             f"| {secs(rec['cold']['seconds'])} | {mib(rec['cold']['peak_rss'])} "
+                             f"| {rec['cold']['seconds'] / c['seconds']:.1f}x |")
+                lines.append(
+                    f"| {size / MB:.0f} MB | {secs(c['seconds'])} | {size / MB / c['seconds']:.1f} | {mib(c['peak_rss'])} "
+                    f"| {secs(w['seconds'])} | {mib(w['peak_rss'])} " + rec_cells
+                )
+            lines.append("")
+        lines.append(f"(bench/prep.py finished in {time.perf_counter() - t0:.0f}s)")
+        print("\n".join(lines))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
