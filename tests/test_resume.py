@@ -407,13 +407,13 @@ def test_sigkill_at_random_moments_never_leaves_an_unusable_latest_checkpoint(en
     kills = mid_save = 0
     best = 0
     finished = False
-    for attempt in range(7):
+    for attempt in range(8):
         resume = latest_checkpoint(str(out)) is not None
         before = len(read_log(out))
         run = env.start(argv + (["--resume"] if resume else []))
         # most kills aim inside the n-th save this process starts, the rest at any moment of its training
-        target_save = rng.randint(1, 3) if rng.random() < 0.7 else 0
-        delay = rng.uniform(0.0, 0.02) if target_save else rng.uniform(0.0, 0.6)
+        target_save = rng.randint(1, 2) if rng.random() < 0.7 else 0
+        delay = rng.uniform(0.0, 0.02) if target_save else rng.uniform(0.0, 0.3)
         deadline = time.monotonic() + RUN_TIMEOUT
         training, seen = False, set()
         while run.poll() is None:
@@ -439,7 +439,8 @@ def test_sigkill_at_random_moments_never_leaves_an_unusable_latest_checkpoint(en
         step = assert_usable_checkpoint(latest)
         assert step >= best, f"attempt {attempt}: latest checkpoint went back from {best} to {step}"
         best = step
-    assert kills >= 3, f"only {kills} kills landed"
+    print(f"{kills} kills, {mid_save} inside a save; the latest checkpoint was always usable")
+    assert kills >= 3 and mid_save >= 1, f"only {kills} kills landed, {mid_save} inside a save"
     if not finished:
         resumed = env.run(argv + (["--resume"] if best else []))
         assert "resuming from" in resumed.output() or not best

@@ -247,3 +247,90 @@ def test_split_document_pieces_rejoin():
     # each cut is just before a single space/newline between non-space characters
     assert all(len(p) >= tokmod._PIECE_CHARS and not p[-1].isspace() for p in pieces[:-1])
     assert all(p[0] in " \n" and not p[1].isspace() for p in pieces[1:])
+
+
+# --------------------------------------------------------------------------- chunked .txt reading
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Tiny read chunks and pieces, so a small file exercises the chunked reader."""
+    monkeypatch.setattr(tokmod, "_READ_BYTES", 1000)
+    monkeypatch.setattr(tokmod, "_PIECE_CHARS", 300)
+    monkeypatch.setattr(tokmod, "_BATCH_CHARS", 2000)
+
+
+def whole_file_ids(tokenizer, path) -> list[int]:
+    (doc,) = list(iter_documents([path]))
+    return tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "tokenizers"])
+def test_txt_read_in_chunks_gives_whole_document_ids(tokenizer, tmp_path, small_chunks, monkeypatch, fast):
+    if not fast:
+        monkeypatch.setenv("LMTRAIN_NO_FAST_BPE", "1")
+    text = "".join(d[:6000] for d in iter_documents(sample_corpus_files()))
+    text = "\ufeff" + text.replace("\n", "\r\n", 40) + "  tail\n\n  \n" + "x" * 2500 + " end é漢🙂\n"
+    path = tmp_path / "big.txt"
+    path.write_text(text, encoding="utf-8")
+    pieces = list(tokmod._txt_pieces(path, False, "strict", lambda n: None))
+    assert "".join(pieces) == text[1:]  # the BOM is dropped, as the reader does
+    assert len(pieces) > 10 and max(map(len, pieces)) < 4000  # bounded, whatever the file size
+    cache = build_token_cache([path], tokenizer, cache_dir=tmp_path / "c")
+    assert cache.tokens.tolist() == whole_file_ids(tokenizer, path)
+    assert cache.num_documents == 1 and cache.num_bytes == len(text[1:].encode())
+
+
+def test_txt_gz_read_in_chunks(tokenizer, tmp_path, small_chunks):
+    import gzip
+
+    text = next(iter(iter_documents(sample_corpus_files())))[:20_000]
+    path = tmp_path / "a.txt.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    cache = build_token_cache([path], tokenizer, cache_dir=tmp_path / "c")
+    assert cache.tokens.tolist() == whole_file_ids(tokenizer, path)
+
+
+def test_txt_errors_are_the_readers(tokenizer, tmp_path, small_chunks):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text\n" * 300 + b"\xff\xfe oops\n")
+    with pytest.raises(DataError, match=r"bad.txt is not valid UTF-8 at byte 3000 \(line 301\)"):
+        build_token_cache([bad], tokenizer, cache_dir=tmp_path / "c")
+    cache = build_token_cache([bad], tokenizer, cache_dir=tmp_path / "c", encoding_errors="replace")
+    (doc,) = list(iter_documents([bad], encoding_errors="replace"))
+    assert cache.tokens.tolist() == tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.txt is empty"):
+        build_token_cache([empty], tokenizer, cache_dir=tmp_path / "c")
+    bom_only = tmp_path / "bom.txt"
+    bom_only.write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(DataError, match="bom.txt is empty"):
+        build_token_cache([bom_only], tokenizer, cache_dir=tmp_path / "c")
+    gz = tmp_path / "plain.txt.gz"
+    gz.write_text("not compressed")
+    with pytest.raises(DataError, match="is not gzip-compressed"):
+        build_token_cache([gz], tokenizer, cache_dir=tmp_path / "c")
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [cache.path.name]  # no leftovers
+
+
+def test_piece_boundaries_are_exact(tokenizer):
+    # Encoding pieces cut at every boundary gives the ids of the whole text.
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["a", "bc", " ", "  ", "\n", "\n\n", "\t", "\r\n", "1", ".", "'s", "'", "é", " \n", "\x1c"]
+    encode = tokmod._hf_encoder(tokenizer)
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) for _ in range(40))
+        cuts = [m.start() for m in tokmod._CUT.finditer(text)]
+        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+        assert encode([text])[0] == [i for p in encode(pieces) for i in p], repr(text)
+
+
+def test_progress_bar_in_bytes(tokenizer, corpus, tmp_path, capsys):
+    build_token_cache(corpus, tokenizer, cache_dir=tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "tokenizing" in err and "B" in err
+    build_token_cache(corpus, tokenizer, cache_dir=tmp_path / "quiet", overwrite=True)
+    assert capsys.readouterr().err == ""  # not a terminal: quiet

@@ -25,12 +25,15 @@ encoded as ordinary text. Set ``LMTRAIN_NO_FAST_BPE=1`` to never use it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import unicodedata
-from typing import Any, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,8 +45,7 @@ logger = logging.getLogger(__name__)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 DISABLE_ENV = "LMTRAIN_NO_FAST_BPE"
 
-Encode = Callable[[Sequence[str]], "list[list[int]]"]
-
+_EMPTY = np.empty(0, dtype=np.uint32)
 
 def fast_bpe_disabled() -> bool:
     """True when ``$LMTRAIN_NO_FAST_BPE`` asks for the tokenizer's own encoder."""
@@ -95,16 +97,41 @@ class FastBPEEncoder:
         self.rank_to_id = rank_to_id  # None: tiktoken ranks are the token ids
         self.added_passes = added_passes  # literal added tokens, matched in this order
         self.num_threads = num_threads or _num_threads()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
-    def _encode_ordinary(self, texts: list[str]) -> list[list[int]]:
+    def _executor(self) -> ThreadPoolExecutor:
+        # One long-lived pool: tiktoken keeps a regex (and its cache) per thread
+        # slot, so fresh threads for every batch would keep allocating new ones.
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="lmtrain-bpe")
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the encoding threads (they are started again when needed)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        # A piece's id list is turned into an array at once: a batch never holds
+        # millions of Python ints (about 40 bytes each) at the same time.
+        ids = np.array(self.encoding.encode_ordinary(text), dtype=np.uint32) if text else _EMPTY
+        return ids if self.rank_to_id is None else self.rank_to_id[ids]
+
+    def _encode_ordinary(self, texts: list[str]) -> list[np.ndarray]:
         if len(texts) > 1 and self.num_threads > 1:
-            out = self.encoding.encode_ordinary_batch(texts, num_threads=min(self.num_threads, len(texts)))
-        else:
-            out = [self.encoding.encode_ordinary(t) for t in texts]
-        if self.rank_to_id is not None:
-            table = self.rank_to_id
-            out = [table[np.asarray(ids, dtype=np.int64)].tolist() if ids else [] for ids in out]
-        return out
+            # tiktoken releases the GIL while it encodes: threads use every core.
+            return list(self._executor().map(self._encode_one, texts))
+        return [self._encode_one(t) for t in texts]
 
     def _split_added(self, text: str) -> list[str | int]:
         """``text`` cut around added tokens: text pieces and added-token ids."""
@@ -125,7 +152,8 @@ class FastBPEEncoder:
             parts = new
         return parts
 
-    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The ids of each text as a uint32 array (no special tokens added)."""
         texts = list(texts)
         if not self.added_passes:
             return self._encode_ordinary(texts)
@@ -136,14 +164,13 @@ class FastBPEEncoder:
         encoded = iter(self._encode_ordinary(flat))
         out = []
         for plan in plans:
-            ids: list[int] = []
-            for s in plan:
-                if isinstance(s, int):
-                    ids.append(s)
-                else:
-                    ids.extend(next(encoded))
-            out.append(ids)
+            parts = [np.array([s], dtype=np.uint32) if isinstance(s, int) else next(encoded) for s in plan]
+            out.append(np.concatenate(parts) if parts else _EMPTY)
         return out
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        """The ids of each text (no special tokens added), as lists."""
+        return [a.tolist() for a in self.encode_arrays(texts)]
 
 
 # --------------------------------------------------------------------------- eligibility
@@ -219,7 +246,7 @@ def _ranks(model: dict[str, Any]) -> tuple[dict[bytes, int], np.ndarray | None]:
     # Ranks from merge order (bytes first), translated to ids afterwards.
     ranks = {bytes([b]): b for b in range(256)}
     ranks.update((raw, 256 + k) for k, (raw, _) in enumerate(merged))
-    table = np.array(byte_ids + [i for _, i in merged], dtype=np.int64)
+    table = np.array(byte_ids + [i for _, i in merged], dtype=np.uint32)
     return ranks, table
 
 
@@ -280,7 +307,15 @@ def _probe_texts() -> list[str]:
     ]
 
 
-def _backend_copy(backend: Any) -> Any:
+def _reference(backend: Any) -> Any:
+    """The encoder the pipeline falls back to: the backend without truncation/padding.
+
+    That fallback encodes with a copy made from ``to_str()``, which also drops
+    ``encode_special_tokens``; the original serves when it has none of these.
+    """
+    if (getattr(backend, "truncation", None) is None and getattr(backend, "padding", None) is None
+            and not getattr(backend, "encode_special_tokens", False)):
+        return backend
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(backend.to_str())
@@ -289,13 +324,17 @@ def _backend_copy(backend: Any) -> Any:
     return tok
 
 
+_made: dict[tuple[str, str, int | None], FastBPEEncoder | None] = {}  # a few, by tokenizer state
+
+
 def make_fast_encoder(tokenizer: Any, num_threads: int | None = None) -> FastBPEEncoder | None:
     """A tiktoken encoder giving exactly ``tokenizer``'s ids, or None if there is none.
 
     ``tokenizer`` is a ``PreTrainedTokenizerFast`` (or anything with a
     ``backend_tokenizer``) or a ``tokenizers.Tokenizer``. The result maps a
     list of texts to their ids without added special tokens, encoding with
-    ``num_threads`` threads (default: every core).
+    ``num_threads`` threads (default: every core). Results are remembered per
+    tokenizer state, so the check runs once per tokenizer and process.
     """
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if not hasattr(backend, "to_str") or fast_bpe_disabled():
@@ -306,17 +345,27 @@ def make_fast_encoder(tokenizer: Any, num_threads: int | None = None) -> FastBPE
         logger.debug("fast BPE unavailable: tiktoken is not installed")
         return None
     try:
-        state = json.loads(backend.to_str())
+        text = backend.to_str()
+    except Exception:
+        return None
+    key = (hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), GPT2_PATTERN, num_threads)
+    if key not in _made:
+        if len(_made) >= 4:
+            _made.pop(next(iter(_made)))
+        _made[key] = _make(tiktoken, backend, text, num_threads)
+    return _made[key]
+
+
+def _make(tiktoken: Any, backend: Any, text: str, num_threads: int | None) -> FastBPEEncoder | None:
+    try:
+        state = json.loads(text)
         _check_pipeline(state)
         ranks, table = _ranks(state["model"])
-        # The pipeline encodes with a copy of the backend (no truncation/padding);
-        # agree with that copy.
-        reference = _backend_copy(backend)
-        encode_special = bool(getattr(reference, "encode_special_tokens", False))
-        passes = _added_passes(state, encode_special)
+        passes = _added_passes(state, encode_special_tokens=False)  # as the fallback's copy
         encoding = tiktoken.Encoding(
             "lmtrain-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}
         )
+        del state, ranks
     except _NotEligible as e:
         logger.debug("fast BPE not used: %s", e)
         return None
@@ -326,12 +375,15 @@ def make_fast_encoder(tokenizer: Any, num_threads: int | None = None) -> FastBPE
     fast = FastBPEEncoder(encoding, table, passes, num_threads)
     probe = _probe_texts()
     try:
-        expected = [e.ids for e in reference.encode_batch(probe, add_special_tokens=False)]
+        reference = _reference(backend)
+        # One at a time: encode_batch would start tokenizers' thread pool for nothing.
+        expected = [reference.encode(t, add_special_tokens=False).ids for t in probe]
         got = fast(probe)
     except Exception as e:
         logger.debug("fast BPE not used: probe failed: %s: %s", type(e).__name__, e)
         return None
     if got != expected:
         logger.debug("fast BPE not used: it disagrees with the tokenizer on the probe text")
+        fast.close()
         return None
     return fast

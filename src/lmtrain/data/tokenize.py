@@ -46,7 +46,7 @@ EOS_TOKEN, PAD_TOKEN, MASK_TOKEN = "<|endoftext|>", "<pad>", "<mask>"
 SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, MASK_TOKEN]
 
 _PIECE_CHARS = 1 << 16  # long documents are encoded in pieces of about this size ...
-_BATCH_CHARS = 1 << 21  # ... and pieces are sent to the tokenizer in batches of about this size
+_BATCH_CHARS = 1 << 20  # ... and pieces are sent to the tokenizer in batches of about this size
 _READ_BYTES = 1 << 20  # .txt files are read (and decoded) this many bytes at a time
 _TOKENS_FILE, _OFFSETS_FILE, _META_FILE = "tokens.bin", "doc_offsets.npy", "meta.json"
 
@@ -464,7 +464,14 @@ def _write_cache(
     batch: list[str] = []
     ends: list[bool] = []  # ends[i]: batch[i] is the last piece of its document
     batch_chars = 0
-    eos = [] if eos_id is None else [eos_id]
+    # Enough pieces per batch to keep every core busy; memory stays bounded by the batch.
+    batch_limit = max(_BATCH_CHARS, 4 * (os.cpu_count() or 1) * _PIECE_CHARS)
+    # Arrays straight from the fast encoder (uint32); lists converted piece by piece otherwise.
+    fast = hasattr(encode, "encode_arrays")
+    encode_arrays = encode.encode_arrays if fast else (
+        lambda texts: [np.asarray(ids, dtype=np.int64) for ids in encode(texts)]
+    )
+    eos = np.array([0 if eos_id is None else eos_id], dtype=np.uint32 if fast else np.int64)
 
     def flush() -> None:
         nonlocal num_tokens, batch_chars
@@ -472,20 +479,21 @@ def _write_cache(
             return
         parts = []
         count = num_tokens
-        for piece_ids, last in zip(encode(batch), ends):
-            if last:
-                piece_ids = list(piece_ids) + eos
+        for piece_ids, last in zip(encode_arrays(batch), ends):
             if len(piece_ids):
-                parts.append(np.array(piece_ids, dtype=np.int64))
+                parts.append(piece_ids)
                 count += len(piece_ids)
             if last:
+                if eos_id is not None:
+                    parts.append(eos)
+                    count += 1
                 offsets.append(count)
         batch.clear()
         ends.clear()
         batch_chars = 0
         if not parts:
             return
-        arr = np.concatenate(parts)
+        arr = np.concatenate(parts)  # uint32 from the fast encoder, else int64
         del parts
         hi, lo = int(arr.max()), int(arr.min())
         if hi >= vocab_size or lo < 0:
@@ -499,7 +507,6 @@ def _write_cache(
 
     def add(pieces: Iterator[str]) -> None:
         """Queue one document, given as consecutive pieces."""
-        nonlocal num_bytes, batch_chars
         prev = None
         for piece in pieces:
             if prev is not None:
@@ -513,7 +520,7 @@ def _write_cache(
         batch.append(piece)
         ends.append(last)
         batch_chars += len(piece)
-        if batch_chars >= _BATCH_CHARS:
+        if batch_chars >= batch_limit:
             flush()
 
     bar = _Progress(files, progress)

@@ -40,13 +40,17 @@ def count_label_tokens(labels: torch.Tensor, shift: int) -> int:
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, shift: int) -> torch.Tensor:
-    """Sum of cross-entropy over label tokens, in float32 whatever the logits' dtype."""
+    """Sum of cross-entropy over label tokens, in float32 whatever the logits' dtype.
+
+    For a causal LM the *labels* are shifted (padded with IGNORE_INDEX at the end), not the logits:
+    slicing the logits would copy the largest tensor of the step.
+    """
+    labels = labels.to(logits.device)
     if shift:
-        logits = logits[..., :-shift, :]
-        labels = labels[..., shift:]
+        labels = F.pad(labels[..., shift:], (0, shift), value=IGNORE_INDEX)
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(),
-        labels.reshape(-1).to(logits.device),
+        labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )

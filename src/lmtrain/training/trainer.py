@@ -81,6 +81,8 @@ class Trainer:
         self.label_names = list(self.args.label_names or ["labels"])
         self.shift = label_shift(self.model)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        # compiled, the float32 upcast and the cross-entropy fuse: the fp32 logits are never stored
+        self._loss_sum = torch.compile(token_loss_sum, dynamic=False) if self.args.torch_compile else token_loss_sum
         self.state = TrainState(is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
         self.control = TrainerControl()
         default_cbs = [ProgressCallback(), JsonlLoggerCallback(), *reporting_callbacks(self.args.report_to)]
@@ -173,7 +175,7 @@ class Trainer:
         ids = inputs.get("input_ids")
         if labels is not None and ids is not None and labels.shape == ids.shape:
             outputs = model(**{k: v for k, v in inputs.items() if k != key})
-            return token_loss_sum(output_logits(outputs), labels, self.shift), -1, outputs
+            return self._loss_sum(output_logits(outputs), labels, self.shift), -1, outputs
         outputs = model(**inputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if labels is None:
