@@ -337,11 +337,18 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_report(argv: Sequence[str]) -> int:
+    from .report import cmd_report as report
+
+    return report(argv)
+
+
 COMMANDS = {
     "train": (cmd_train, "train or fine-tune a model on text files"),
     "prepare": (cmd_prepare, "tokenize and pack text into the cache, and print its statistics"),
     "eval": (cmd_eval, "loss and perplexity of a trained model on a file"),
     "generate": (cmd_generate, "continue a prompt with a trained causal LM"),
+    "report": (cmd_report, "plots and an HTML page of one or more runs (lmtrain report RUN [RUN ...])"),
 }
 
 
