@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 SAMPLE = SRC / "lmtrain" / "data" / "sample"
 
-MAX_STEPS = 12
+MAX_STEPS = 10  # not an epoch end: resuming a finished run must not start another step
 STEPS_PER_EPOCH = 4  # checked against the run's own summary line
 SAVE_STEPS = 2
 GPT2 = ["--config_overrides", "n_layer=2,n_embd=32,n_head=2"]

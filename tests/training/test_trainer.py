@@ -225,3 +225,25 @@ def test_nan_policy_skip_leaves_weights_untouched_and_counts(tmp_path):
     record = [r for r in trainer.state.log_history if "loss" in r][0]
     assert record["skipped_steps"] == 1 and math.isfinite(record["loss"])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_auto_find_batch_size_halves_on_out_of_memory(tmp_path, capsys):
+    model = tiny_gpt2()
+
+    def pretend_oom(module, inputs):
+        if inputs[0].shape[0] > 2:  # "does not fit": batches above 2 rows
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    model.transformer.register_forward_pre_hook(pretend_oom)
+    trainer = Trainer(model=model, args=make_args(tmp_path, max_steps=3, per_device_train_batch_size=8,
+                                                   auto_find_batch_size=True),
+                      train_dataset=ragged_dataset(), data_collator=stack)
+    assert trainer.train().global_step == 3
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (2, 4)
+    assert capsys.readouterr().out.count("out of memory") == 2
+    # the same samples and effective batch as a run that fit from the start
+    ref = Trainer(model=tiny_gpt2(), args=make_args(tmp_path / "ref", max_steps=3, per_device_train_batch_size=2,
+                                                     gradient_accumulation_steps=4),
+                  train_dataset=ragged_dataset(), data_collator=stack)
+    ref.train()
+    assert first_losses(trainer) == pytest.approx(first_losses(ref), rel=1e-5)

@@ -9,6 +9,7 @@ own modules.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -287,7 +288,16 @@ class Trainer:
         self.control = self._fire("on_train_begin")
         start = time.perf_counter()
         with StopRequest() as stop:
-            self._loop(model, loader, plan, window, stop)
+            while True:
+                try:
+                    self._loop(model, loader, plan, window, stop)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if not self._halve_batch():
+                        raise
+                    loader = self.get_train_dataloader()
+                    plan = dataclasses.replace(RunPlan.make(args, loader, self.train_dataset, self.rt.world_size),
+                                               total_steps=plan.total_steps)
         runtime = time.perf_counter() - start
         if window.steps:
             self._log_window(window)
@@ -319,6 +329,26 @@ class Trainer:
             self._after_step(plan, window, epoch_end)
             if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
                 break
+
+    def _halve_batch(self) -> bool:
+        """auto_find_batch_size: after an out-of-memory error, halve the micro-batch and double the
+        accumulation (the effective batch stays), rewind to the start of the failed step, go on."""
+        args = self.args
+        if not args.auto_find_batch_size or args.per_device_train_batch_size < 2:
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        args.per_device_train_batch_size //= 2
+        args.gradient_accumulation_steps *= 2
+        epoch, consumed = self._step_start
+        # the order is one permutation per epoch: old micro-batch b holds the samples of new ones 2b, 2b+1
+        self.state.data_epoch, self.state.batches_in_epoch = epoch, consumed * 2
+        if self.rt.is_main:
+            print(f"out of memory: per_device_train_batch_size is now {args.per_device_train_batch_size} with "
+                  f"gradient_accumulation_steps {args.gradient_accumulation_steps} (same effective batch); "
+                  f"retrying step {self.state.global_step + 1}", flush=True)
+        return True
 
     def _stopped_by_signal(self, name: str) -> None:
         self.interrupted = name
@@ -352,12 +382,14 @@ class Trainer:
                 for _ in range(skip):
                     next(it, None)
             group: List[Dict[str, Any]] = []
+            self._step_start = (self.state.data_epoch, self.state.batches_in_epoch)
             for batch in it:
                 group.append(batch)
                 self.state.batches_in_epoch += 1
                 if len(group) == ga:
                     yield self.state.batches_in_epoch >= plan.batches_per_epoch, group
                     group = []
+                    self._step_start = (self.state.data_epoch, self.state.batches_in_epoch)
                     if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
                         return
             if group:  # the epoch's tail: a shorter step, still weighted by its own token count
