@@ -43,6 +43,18 @@ class ModelArguments:
     """Train a masked language model (BERT-style) instead of a causal one."""
     mlm_probability: float = 0.15
     """Fraction of tokens masked for masked LM."""
+    lora_r: int = 0
+    """Rank of LoRA adapters to fine-tune instead of all weights (0: off; needs peft)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    lora_target_modules: Optional[str] = None
+    """Comma-separated module names to adapt (default: peft's choice for the model type, e.g. c_attn for GPT-2)."""
+    lora_merge: bool = False
+    """Also save the adapters merged into the base weights, in output_dir/merged."""
+    eval_sample_prompt: Optional[str] = None
+    """Print a short generation from this prompt after each evaluation (causal LM)."""
 
 
 @dataclass
@@ -180,6 +192,11 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
                         model_name_or_path=model_args.model_name_or_path, model_type=model_args.model_type,
                         config_name=model_args.config_name, config_overrides=model_args.config_overrides,
                         revision=model_args.model_revision, seed=train_args.seed)
+    if model_args.lora_r > 0:
+        from .models import apply_lora
+
+        model = apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                           model_args.lora_target_modules, model_args.mlm)
     train_ds, eval_ds, info = prepare_datasets(
         train_files, tokenizer, data_args.block_size, validation_files=validation_files, mlm=model_args.mlm,
         validation_split_percentage=data_args.validation_split_percentage, cache_dir=data_args.cache_dir,
@@ -194,12 +211,21 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         train_args.eval_strategy = "no"
     collator = (DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=model_args.mlm_probability)
                 if model_args.mlm else default_data_collator)
+    callbacks = []
+    if model_args.eval_sample_prompt and not model_args.mlm:
+        from .training.callbacks import SampleCallback
+
+        callbacks.append(SampleCallback(tokenizer, model_args.eval_sample_prompt))
     trainer = Trainer(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=collator, processing_class=tokenizer)
+                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=True if data_args.resume else None)
     if trainer.interrupted:
         return 0  # stopped by SIGTERM/SIGINT after saving a checkpoint; the message said how to resume
     trainer.save_model()
+    if model_args.lora_r > 0 and model_args.lora_merge:
+        from .models import save_merged
+
+        save_merged(trainer.model, tokenizer, os.path.join(train_args.output_dir, "merged"))
     trainer.save_metrics("train", result.metrics)
     metrics: Dict[str, float] = {}
     if eval_ds is not None:

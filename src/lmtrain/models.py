@@ -147,3 +147,27 @@ def max_positions(model: Any) -> Optional[int]:
                 and config.pad_token_id is not None else 0
             return value - offset
     return None
+
+
+def apply_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: Optional[str], mlm: bool) -> Any:
+    """Wrap `model` with LoRA adapters (peft): only the adapters train; the base weights stay frozen."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ConfigError("--lora_r needs the peft package: pip install peft (or pip install 'lmtrain[lora]').") from None
+    targets = [t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type=None if mlm else TaskType.CAUSAL_LM)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise ConfigError(f"LoRA could not be applied ({str(e).splitlines()[0]}); pass --lora_target_modules "
+                          f"with names of this model's linear layers.") from e
+
+
+def save_merged(model: Any, tokenizer: Any, out_dir: str) -> None:
+    """Fold LoRA adapters into the base weights and save a plain model `from_pretrained` loads."""
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

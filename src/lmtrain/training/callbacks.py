@@ -206,6 +206,30 @@ class EarlyStoppingCallback(TrainerCallback):
                 control.should_training_stop = True
 
 
+class SampleCallback(TrainerCallback):
+    """Prints a short generation from `prompt` after each evaluation, to watch a causal LM learn."""
+
+    def __init__(self, tokenizer: Any, prompt: str, max_new_tokens: int = 40) -> None:
+        self.tokenizer, self.prompt, self.max_new_tokens = tokenizer, prompt, max_new_tokens
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if model is None or not state.is_world_process_zero:
+            return
+        import torch
+
+        device = next(model.parameters()).device
+        ids = self.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+            torch.manual_seed(args.seed)
+            out = model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=True, top_k=50,
+                                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        model.train(was_training)
+        text = self.tokenizer.decode(out[0], skip_special_tokens=True)
+        print(f"sample at step {state.global_step}: {text!r}", flush=True)
+
+
 def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
     """Callbacks for `report_to`; integrations whose package is missing are skipped with one warning."""
     wanted = set(report_to)

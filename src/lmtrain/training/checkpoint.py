@@ -123,6 +123,13 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str) -> None:
     """Load weights saved by `save_model_files` into `model` (tied weights may be absent from the file)."""
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
+    adapter = os.path.join(ckpt_dir, "adapter_model.safetensors")
+    if hasattr(model, "peft_config") and os.path.exists(adapter):  # LoRA: the checkpoint holds the adapters
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(adapter, device="cpu"))
+        return
     state = read_model_state(ckpt_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
