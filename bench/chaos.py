@@ -13,7 +13,7 @@ complete checkpoint, and resumes it with `--resume` to the end. Figures:
   start -> first step   Popen to the `time` of the process's first record in log.jsonl (one optimizer
                         step done, `--logging_steps 1`), fresh starts vs resumes (target <= 1.2x)
 
-    python bench/chaos.py                 # 20 lineages, 2 at a time (about 5 minutes on 2 cores)
+    python bench/chaos.py                 # 20 lineages, one at a time (8-10 minutes on 2 cores)
     python bench/chaos.py --runs 5 --jobs 1 --seed 3 --json chaos.json
 
 Every process is a real `python -m lmtrain train ...` with OMP_NUM_THREADS=--threads; nothing is
@@ -48,9 +48,11 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=20, help="lineages to kill and resume")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments (training uses --train_seed)")
-    p.add_argument("--jobs", type=int, default=2, help="lineages run at the same time")
+    p.add_argument("--jobs", type=int, default=1, help="lineages run at the same time (timings are cleaner at 1)")
+    p.add_argument("--save_bias", type=float, default=0.5,
+                   help="fraction of lineages whose kill waits for a save to start, then lands 0-60 ms into it")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each lmtrain process")
-    p.add_argument("--max_steps", type=int, default=16)
+    p.add_argument("--max_steps", type=int, default=12)
     p.add_argument("--save_steps", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="dataloader_num_workers")
     p.add_argument("--model", default="n_layer=4,n_embd=256,n_head=4", help="GPT-2 config_overrides")
@@ -187,11 +189,16 @@ class Bench:
         proc, t0 = self.start(argv, log)
         while proc.poll() is None and not any((c / "COMPLETE").is_file() for c in out.glob("checkpoint-*")):
             time.sleep(0.005)
-        delay = rng.uniform(0.0, 0.85 * self.span)  # a random moment after the first checkpoint
-        r["kill_after_s"] = round(delay, 3)
+        delay = rng.uniform(0.0, 0.8 * self.span)  # a random moment after the first checkpoint ...
+        aim_at_save = rng.random() < self.a.save_bias  # ... or the first save that starts after it
+        r["kill_after_s"], r["aimed_at_save"] = round(delay, 3), aim_at_save
         end = time.monotonic() + delay
         while proc.poll() is None and time.monotonic() < end:
             time.sleep(0.002)
+        if aim_at_save:
+            while proc.poll() is None and not saves_in_progress(out, proc.pid):
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.06))
         r["inside_save"] = False
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

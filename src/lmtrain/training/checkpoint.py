@@ -296,3 +296,43 @@ def load_training_state(ckpt_dir: str, *, optimizer, scheduler, scaler, state) -
 def get_last_checkpoint(folder: str) -> Optional[str]:
     """transformers' helper: the newest complete checkpoint in `folder`, or None."""
     return latest_checkpoint(folder)
+
+
+def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
+    """The checkpoint to resume from: a path, the latest complete one for True, or None for a fresh start.
+
+    A fresh start into an output_dir that holds checkpoints needs overwrite_output_dir (one clear line).
+    """
+    out = args.output_dir
+    if is_main:
+        remove_incomplete(out)
+    if resume is None and args.resume_from_checkpoint:
+        resume = args.resume_from_checkpoint
+    if resume is True or resume == "latest":
+        found = latest_checkpoint(out)
+        if found is None:
+            raise LmtrainError(f"no complete checkpoint in {out} to resume from; start without resume.")
+        return found
+    if isinstance(resume, (str, os.PathLike)) and resume:
+        if not is_complete(str(resume)):
+            raise LmtrainError(f"{resume} is not a complete lmtrain checkpoint; pass a checkpoint-<step> "
+                               f"directory (or resume=True for the latest in {out}).")
+        return str(resume)
+    if list_checkpoints(out) and not args.overwrite_output_dir:
+        raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True (CLI: --resume) "
+                           f"to continue, or overwrite_output_dir=True (--overwrite_output_dir) to start over.")
+    return None
+
+
+def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> None:
+    """Track metric_for_best_model; the checkpoint saved at this step becomes best_model_checkpoint."""
+    from ..errors import ConfigError
+
+    name = args.metric_for_best_model
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    if key not in metrics:
+        raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics "
+                          f"{sorted(metrics)}; pick one of those.")
+    value, best = metrics[key], state.best_metric
+    if best is None or (value > best if args.greater_is_better else value < best):
+        state.best_metric, state.best_global_step = value, state.global_step

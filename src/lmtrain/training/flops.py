@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -82,3 +82,13 @@ def peak_flops(device: torch.device, amp_dtype: Optional[torch.dtype]) -> Option
     if device.type == "cpu":
         return _cpu_peak(amp_dtype or torch.float32)
     return None
+
+
+def mfu_scale(model: torch.nn.Module, seq_len: Optional[int], rt: Any) -> Optional[float]:
+    """FLOPs per token / peak FLOP/s of all processes, so that MFU = tokens/s * this (None: unknown)."""
+    if not seq_len:
+        return None
+    peak = peak_flops(rt.device, rt.amp_dtype)
+    if not peak:
+        return None
+    return flops_per_token(model, seq_len) / (peak * rt.world_size)

@@ -10,7 +10,6 @@ own modules.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
@@ -18,9 +17,8 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 import torch
 
 from ..args import TrainingArguments
-from ..distributed import (full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, unwrap,
-                           wrap_model)
-from ..errors import ConfigError, LmtrainError, TrainingError
+from ..distributed import full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, wrap_model
+from ..errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
 from .callbacks import (CallbackHandler, JsonlLoggerCallback, ProgressCallback, TrainerControl,
                         reporting_callbacks)
@@ -32,8 +30,9 @@ from .plan import RunPlan, describe_run, set_seed
 from .results import format_metrics, save_metrics, write_model_card
 from .signals import StopRequest
 from .state import TrainState
+from .steps import StepFeed
 from .window import LogWindow
-from .flops import flops_per_token, peak_flops
+from .flops import mfu_scale
 
 
 class TrainOutput(NamedTuple):
@@ -116,6 +115,9 @@ class Trainer:
 
     def _fire(self, event: str, **kwargs: Any) -> TrainerControl:
         return self.callback_handler.fire(event, self.args, self.state, self.control, **kwargs)
+
+    def _fire_event(self, event: str) -> None:
+        self.control = self._fire(event)
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         """Record `logs` in the history and hand them to every callback (console, JSONL, TensorBoard)."""
@@ -259,7 +261,7 @@ class Trainer:
               **kwargs: Any) -> TrainOutput:
         """Train for max_steps (or num_train_epochs); resume from a checkpoint when given one (or True)."""
         args = self.args
-        resume = self._resolve_checkpoint(resume_from_checkpoint)
+        resume = ckpt.resolve_resume(resume_from_checkpoint, self.args, self.rt.is_main)
         loader = self.get_train_dataloader()
         plan = RunPlan.make(args, loader, self.train_dataset, world_size=self.rt.world_size)
         if args.fsdp and self.rt.distributed and not self.rt.fsdp:
@@ -284,17 +286,24 @@ class Trainer:
         model = wrap_model(self.model, self.rt, compile=args.torch_compile)
         self.model_wrapped = model
         window = LogWindow(self.rt.device, self.state, self.rt.rank)
-        self._mfu_scale = self._mfu_denominator(plan)
+        self._mfu_scale = mfu_scale(self.model, plan.seq_len, self.rt)
+        feed = StepFeed(self.state, args.gradient_accumulation_steps, self._fire_event,
+                        lambda: self.control.should_training_stop or self.state.global_step >= plan.total_steps)
         self.control = self._fire("on_train_begin")
         start = time.perf_counter()
         with StopRequest() as stop:
             while True:
                 try:
-                    self._loop(model, loader, plan, window, stop)
+                    self._loop(model, feed(loader, plan), plan, window, stop)
                     break
                 except torch.cuda.OutOfMemoryError:
-                    if not self._halve_batch():
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if not feed.halve_batch(args):
                         raise
+                    if self.rt.is_main:
+                        print(f"out of memory: per_device_train_batch_size is now {args.per_device_train_batch_size}"
+                              f" with gradient_accumulation_steps {args.gradient_accumulation_steps} (same effective "
+                              f"batch); retrying step {self.state.global_step + 1}", flush=True)
                     loader = self.get_train_dataloader()
                     plan = dataclasses.replace(RunPlan.make(args, loader, self.train_dataset, self.rt.world_size),
                                                total_steps=plan.total_steps)
@@ -308,9 +317,10 @@ class Trainer:
             ckpt.load_model_weights(self.model, self.state.best_model_checkpoint)
         return self._train_output(plan, window, runtime)
 
-    def _loop(self, model: torch.nn.Module, loader: Any, plan: RunPlan, window: LogWindow, stop: StopRequest) -> None:
+    def _loop(self, model: torch.nn.Module, steps: Iterator, plan: RunPlan, window: LogWindow,
+              stop: StopRequest) -> None:
         """One optimizer step per iteration: forward/backward every micro-batch, step, then log/eval/save."""
-        for epoch_end, micro_batches in self._steps(loader, plan):
+        for epoch_end, micro_batches in steps:
             self.control = self._fire("on_step_begin")
             num_items = self._label_tokens(micro_batches)
             step_loss = torch.zeros((), device=self.rt.device)
@@ -330,77 +340,12 @@ class Trainer:
             if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
                 break
 
-    def _halve_batch(self) -> bool:
-        """auto_find_batch_size: after an out-of-memory error, halve the micro-batch and double the
-        accumulation (the effective batch stays), rewind to the start of the failed step, go on."""
-        args = self.args
-        if not args.auto_find_batch_size or args.per_device_train_batch_size < 2:
-            return False
-        self.optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        args.per_device_train_batch_size //= 2
-        args.gradient_accumulation_steps *= 2
-        epoch, consumed = self._step_start
-        # the order is one permutation per epoch: old micro-batch b holds the samples of new ones 2b, 2b+1
-        self.state.data_epoch, self.state.batches_in_epoch = epoch, consumed * 2
-        if self.rt.is_main:
-            print(f"out of memory: per_device_train_batch_size is now {args.per_device_train_batch_size} with "
-                  f"gradient_accumulation_steps {args.gradient_accumulation_steps} (same effective batch); "
-                  f"retrying step {self.state.global_step + 1}", flush=True)
-        return True
-
     def _stopped_by_signal(self, name: str) -> None:
         self.interrupted = name
         if self.rt.is_main:
             where = ckpt.latest_checkpoint(self.args.output_dir)
             print(f"stopped by {name} after step {self.state.global_step}; saved {where}. Resume with "
                   f"`lmtrain train ... --resume` or trainer.train(resume_from_checkpoint=True).", flush=True)
-
-    def _mfu_denominator(self, plan: RunPlan) -> Optional[float]:
-        """FLOPs per token / peak FLOP/s of all processes: MFU = tokens/s times this."""
-        if not plan.seq_len:
-            return None
-        peak = peak_flops(self.rt.device, self.rt.amp_dtype)
-        if not peak:
-            return None
-        return flops_per_token(self.model, plan.seq_len) / (peak * self.rt.world_size)
-
-    def _steps(self, loader: Any, plan: RunPlan) -> Iterator[Tuple[bool, List[Dict[str, Any]]]]:
-        """Yield (is_last_step_of_epoch, micro-batches of one optimizer step), from the saved data position."""
-        ga = self.args.gradient_accumulation_steps
-        sampler = getattr(loader, "batch_sampler", None)
-        resumable = hasattr(sampler, "set_position")
-        while True:
-            epoch, skip = self.state.data_epoch, self.state.batches_in_epoch
-            if resumable:
-                sampler.set_position(epoch, skip)  # O(1) jump: no replay of consumed batches
-            if skip == 0:
-                self.control = self._fire("on_epoch_begin")
-            it = iter(loader)
-            if not resumable:
-                for _ in range(skip):
-                    next(it, None)
-            group: List[Dict[str, Any]] = []
-            self._step_start = (self.state.data_epoch, self.state.batches_in_epoch)
-            for batch in it:
-                group.append(batch)
-                self.state.batches_in_epoch += 1
-                if len(group) == ga:
-                    yield self.state.batches_in_epoch >= plan.batches_per_epoch, group
-                    group = []
-                    self._step_start = (self.state.data_epoch, self.state.batches_in_epoch)
-                    if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
-                        return
-            if group:  # the epoch's tail: a shorter step, still weighted by its own token count
-                yield True, group
-            if self.state.batches_in_epoch == 0:
-                raise LmtrainError("the training dataloader yielded no batches; the dataset is empty.")
-            self.state.data_epoch += 1
-            self.state.batches_in_epoch = 0
-            self.control = self._fire("on_epoch_end")
-            if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
-                return
 
     def _after_step(self, plan: RunPlan, window: "LogWindow", epoch_end: bool) -> None:
         """Decide, from the strategies and the callbacks' control flags, whether to log, evaluate, save."""
@@ -455,7 +400,7 @@ class Trainer:
             self._check_finite(window)  # never save weights a NaN step touched: stop with the last good one
         window.store(self.state, self.rt)  # the running loss of this window travels with the checkpoint
         if metrics is not None and self.args.metric_for_best_model:
-            self._update_best(metrics)
+            ckpt.update_best(self.state, self.args, metrics)
         step, out = self.state.global_step, self.args.output_dir
         model_sd, optim_sd = full_state_dicts(self.model, self.optimizer, self.rt)  # FSDP: gathered on all ranks
         rank_files = [] if self.rt.is_main else [ckpt.write_rank_rng(out, step, self.rt.rank)]
@@ -473,38 +418,6 @@ class Trainer:
             ckpt.rotate_checkpoints(out, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.rt.barrier()
         self.control = self._fire("on_save")
-
-    def _update_best(self, metrics: Dict[str, float]) -> None:
-        name = self.args.metric_for_best_model
-        key = name if name.startswith("eval_") else f"eval_{name}"
-        if key not in metrics:
-            raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics "
-                              f"{sorted(metrics)}; pick one of those.")
-        value, best = metrics[key], self.state.best_metric
-        better = best is None or (value > best if self.args.greater_is_better else value < best)
-        if better:
-            self.state.best_metric, self.state.best_global_step = value, self.state.global_step
-
-    def _resolve_checkpoint(self, resume: Any) -> Optional[str]:
-        out = self.args.output_dir
-        if self.rt.is_main:
-            ckpt.remove_incomplete(out)
-        if resume is None and self.args.resume_from_checkpoint:
-            resume = self.args.resume_from_checkpoint
-        if resume is True or resume == "latest":
-            found = ckpt.latest_checkpoint(out)
-            if found is None:
-                raise LmtrainError(f"no complete checkpoint in {out} to resume from; start without resume.")
-            return found
-        if isinstance(resume, (str, os.PathLike)) and resume:
-            if not ckpt.is_complete(str(resume)):
-                raise LmtrainError(f"{resume} is not a complete lmtrain checkpoint; pass a checkpoint-<step> "
-                                   f"directory (or resume=True for the latest in {out}).")
-            return str(resume)
-        if ckpt.list_checkpoints(out) and not self.args.overwrite_output_dir:
-            raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True (CLI: --resume) "
-                               f"to continue, or overwrite_output_dir=True (--overwrite_output_dir) to start over.")
-        return None
 
     def _train_output(self, plan: RunPlan, window: "LogWindow", runtime: float) -> TrainOutput:
         state = self.state
