@@ -52,10 +52,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--save_bias", type=float, default=0.5,
                    help="fraction of lineages whose kill waits for a save to start, then lands 0-60 ms into it")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each lmtrain process")
-    p.add_argument("--max_steps", type=int, default=12)
+    p.add_argument("--max_steps", type=int, default=10)
     p.add_argument("--save_steps", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="dataloader_num_workers")
-    p.add_argument("--model", default="n_layer=4,n_embd=256,n_head=4", help="GPT-2 config_overrides")
+    p.add_argument("--model", default="n_layer=2,n_embd=256,n_head=4", help="GPT-2 config_overrides")
     p.add_argument("--train_seed", type=int, default=7)
     p.add_argument("--workdir", default=None, help="where runs go (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep every run's output directory")
@@ -189,7 +189,7 @@ class Bench:
         proc, t0 = self.start(argv, log)
         while proc.poll() is None and not any((c / "COMPLETE").is_file() for c in out.glob("checkpoint-*")):
             time.sleep(0.005)
-        delay = rng.uniform(0.0, 0.8 * self.span)  # a random moment after the first checkpoint ...
+        delay = rng.uniform(0.0, 0.75 * self.span)  # a random moment after the first checkpoint ...
         aim_at_save = rng.random() < self.a.save_bias  # ... or the first save that starts after it
         r["kill_after_s"], r["aimed_at_save"] = round(delay, 3), aim_at_save
         end = time.monotonic() + delay
@@ -224,7 +224,8 @@ class Bench:
             code = proc.wait()
         records = read_log(out)
         r["resume_exit"] = code
-        r["resume_first_step_s"] = round(records[before]["time"] - t1, 3) if len(records) > before else None
+        new_steps = [x for x in records[before:] if "loss" in x]
+        r["resume_first_step_s"] = round(new_steps[0]["time"] - t1, 3) if new_steps and r["killed"] else None
         text = log.read_text(errors="replace")
         r["resumed_from_latest"] = bool(latest) and f"resuming from {latest}" in text
         curve = loss_curve(records)
@@ -238,7 +239,9 @@ class Bench:
         if not self.a.keep:
             shutil.rmtree(out, ignore_errors=True)
         with self.lock:
-            print(f"  run {i:2d}: killed {'inside a save' if r['inside_save'] else 'between saves'} "
+            how = "not killed (it finished first)" if not r["killed"] else \
+                f"killed {'inside a save' if r['inside_save'] else 'between saves'}"
+            print(f"  run {i:2d}: {how} "
                   f"after step {r['killed_after_step']:2d} (latest {r['latest']}); resume exit {code}; "
                   f"curve {'exact' if r['curve_exact'] else 'DIFFERS at ' + str(r.get('curve_differs_at'))}; "
                   f"first step {r['fresh_first_step_s']}s fresh, {r['resume_first_step_s']}s resumed"

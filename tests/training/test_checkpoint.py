@@ -135,3 +135,23 @@ def test_resume_from_a_missing_checkpoint_is_one_clear_error(tmp_path):
         trainer.train(resume_from_checkpoint=True)
     with pytest.raises(LmtrainError, match="not a complete lmtrain checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "nope"))
+
+
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    trainer = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=6), train_dataset=ragged_dataset(),
+                      data_collator=stack)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if isinstance(f, str) and "checkpoint-6" in f:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(LmtrainError, match=r"could not save checkpoint .*checkpoint-6: No space left on device; "
+                                           r"the previous checkpoint is intact"):
+        trainer.train()
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-3")
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # nothing half-written left behind
