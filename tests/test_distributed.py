@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,24 @@ def run(cmd, env):
     return proc
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform == "win32", reason="needs torchrun")
-def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subprocess_env):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: one process with batch 8 (2 x 4)."""
+    import os
+
+    from tests.conftest import SRC
+
+    out = tmp_path_factory.mktemp("one")
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    run([sys.executable, str(HERE / "_ddp_run.py"), str(out), "8", "6", "fresh"], env)
+    return json.loads((out / "losses.json").read_text())
+
+
+def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subprocess_env, one_process):
     env = dict(subprocess_env, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    run([sys.executable, str(HERE / "_ddp_run.py"), str(tmp_path / "one"), "8", "6", "fresh"], env)
     run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "two"), "4", "6", "fresh"], env)
-    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    one = one_process
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert one.keys() == two.keys()
     for step in one:
@@ -38,12 +48,11 @@ def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subp
     assert set(resumed) >= {"7", "8"}
 
 
-def test_fsdp_two_processes_match_one_and_save_a_loadable_model(tmp_path, subprocess_env):
+def test_fsdp_two_processes_match_one_and_save_a_loadable_model(tmp_path, subprocess_env, one_process):
     env = dict(subprocess_env, OMP_NUM_THREADS="1", LMTRAIN_TEST_FSDP="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    run([sys.executable, str(HERE / "_ddp_run.py"), str(tmp_path / "one"), "8", "6", "fresh"], env)
     run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "fsdp"), "4", "6", "fresh"], env)
-    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    one = one_process
     two = json.loads((tmp_path / "fsdp" / "losses.json").read_text())
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
