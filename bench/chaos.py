@@ -189,8 +189,9 @@ class Bench:
         proc, t0 = self.start(argv, log)
         while proc.poll() is None and not any((c / "COMPLETE").is_file() for c in out.glob("checkpoint-*")):
             time.sleep(0.005)
-        delay = rng.uniform(0.0, 0.75 * self.span)  # a random moment after the first checkpoint ...
-        aim_at_save = rng.random() < self.a.save_bias  # ... or the first save that starts after it
+        # a random moment after the first checkpoint, or the first save that starts after such a moment
+        aim_at_save = rng.random() < self.a.save_bias
+        delay = rng.uniform(0.0, (0.5 if aim_at_save else 0.8) * self.span)
         r["kill_after_s"], r["aimed_at_save"] = round(delay, 3), aim_at_save
         end = time.monotonic() + delay
         while proc.poll() is None and time.monotonic() < end:

@@ -80,6 +80,13 @@ def _peak_rss() -> int:
     return kb if sys.platform == "darwin" else kb * 1024  # bytes on macOS, KiB on Linux
 
 
+def _cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime  # every thread of the process
+
+
 def _report(**result) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
@@ -120,12 +127,13 @@ def child_recipe(args) -> None:
         return result
 
     rss0 = _peak_rss()
+    cpu = _cpu()
     t = time.perf_counter()
     raw = load_dataset("text", data_files={"train": [args.file]}, cache_dir=args.cache)
     tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
     lm = tokenized.map(group_texts, batched=True)
     seconds = time.perf_counter() - t
-    _report(seconds=seconds, peak_rss=_peak_rss(), rss_before=rss0, blocks=len(lm["train"]))
+    _report(seconds=seconds, cpu=_cpu() - cpu, peak_rss=_peak_rss(), rss_before=rss0, blocks=len(lm["train"]))
 
 
 def child_lmtrain(args) -> None:
@@ -136,6 +144,7 @@ def child_lmtrain(args) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     rss0 = _peak_rss()
+    cpu = _cpu()
     t = time.perf_counter()
     train, evals, info = prepare_datasets(
         [args.file], tokenizer, args.block_size, cache_dir=args.cache, validation_split_percentage=5
@@ -143,7 +152,7 @@ def child_lmtrain(args) -> None:
     seconds = time.perf_counter() - t
     meta = json.loads(open(os.path.join(info["cache_dirs"][0], "meta.json")).read())
     _report(
-        seconds=seconds, peak_rss=_peak_rss(), rss_before=rss0,
+        seconds=seconds, cpu=_cpu() - cpu, peak_rss=_peak_rss(), rss_before=rss0,
         blocks=len(train) + (len(evals) if evals is not None else 0),
         tokens=info["corpus_tokens"], encoder=meta.get("encoder"),
     )
@@ -198,29 +207,36 @@ def build_corpus(src: str, dest: str, *, times: int | None = None, size_mb: floa
     return written
 
 
-def measure(args, mode, file, tokenizer, tmp, repeats, warm=True) -> dict:
-    """Cold (fresh cache dir) and warm (same dir again) runs of ``mode``, ``repeats`` times."""
-    runs = {"cold": [], "warm": []}
+def measure(args, modes, file, tokenizer, tmp, repeats, warm: dict | None = None) -> dict:
+    """Cold (fresh cache dir) and warm (same dir again) runs of each mode, ``repeats`` times.
+
+    The modes are interleaved within each repeat, so a machine that is busier at
+    some moment slows both sides alike.
+    """
+    runs = {m: {"cold": [], "warm": []} for m in modes}
     for r in range(repeats):
-        cache = tempfile.mkdtemp(prefix=f"{mode}-cache-", dir=tmp)
-        runs["cold"].append(run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache))
-        if warm:
-            runs["warm"].append(run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache))
-        shutil.rmtree(cache, ignore_errors=True)
-        c = runs["cold"][-1]
-        w = runs["warm"][-1] if warm else None
-        print(f"  {mode:8s} run {r + 1}/{repeats}: cold {c['seconds']:.2f}s {c['peak_rss'] / 2**20:.0f} MiB"
-              + (f", warm {w['seconds']:.3f}s {w['peak_rss'] / 2**20:.0f} MiB" if w else ""),
-              file=sys.stderr, flush=True)
+        for mode in modes:
+            cache = tempfile.mkdtemp(prefix=f"{mode}-cache-", dir=tmp)
+            c = run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache)
+            runs[mode]["cold"].append(c)
+            w = run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache) if (warm or {}).get(mode, True) else None
+            if w:
+                runs[mode]["warm"].append(w)
+            shutil.rmtree(cache, ignore_errors=True)
+            print(f"  {mode:8s} run {r + 1}/{repeats}: cold {c['seconds']:.2f}s (cpu {c['cpu']:.1f}s) "
+                  f"{c['peak_rss'] / 2**20:.0f} MiB"
+                  + (f", warm {w['seconds']:.3f}s {w['peak_rss'] / 2**20:.0f} MiB" if w else ""),
+                  file=sys.stderr, flush=True)
     out = {}
-    for phase, rs in runs.items():
-        if rs:
-            out[phase] = {
-                "seconds": statistics.median(r["seconds"] for r in rs),
-                "peak_rss": statistics.median(r["peak_rss"] for r in rs),
-                "rss_before": statistics.median(r["rss_before"] for r in rs),
-                "runs": rs,
-            }
+    for mode in modes:
+        out[mode] = {}
+        for phase, rs in runs[mode].items():
+            if rs:
+                out[mode][phase] = {
+                    key: statistics.median(r[key] for r in rs)
+                    for key in ("seconds", "cpu", "peak_rss", "rss_before")
+                }
+                out[mode][phase]["runs"] = rs
     return out
 
 
@@ -256,26 +272,33 @@ def main(argv=None) -> None:
             file = os.path.join(tmp, f"x{args.times}", "train.txt")
             size = build_corpus(args.train_file, file, times=args.times)
             print(f"comparison corpus: {size / MB:.1f} MB ({args.times} x {src_mb:.1f} MB)", file=sys.stderr)
-            rec = measure(args, "recipe", file, tok_dir, tmp, args.repeats)
-            lmt = measure(args, "lmtrain", file, tok_dir, tmp, args.repeats)
+            both = measure(args, ("recipe", "lmtrain"), file, tok_dir, tmp, args.repeats, warm={})
+            rec, lmt = both["recipe"], both["lmtrain"]
             results["compare"] = {"bytes": size, "recipe": rec, "lmtrain": lmt}
             rc, rw, lc, lw = rec["cold"], rec["warm"], lmt["cold"], lmt["warm"]
             lines += [
                 f"### Preparing {size / MB:.1f} MB ({args.times} x the Shakespeare train.txt), "
                 f"{os.cpu_count()} CPUs, block 128, BPE vocab {args.vocab_size}; median of {args.repeats}",
                 "",
-                "| | time (s) | peak RSS (MiB) | RSS after imports (MiB) | speed-up vs recipe cold | RSS vs recipe cold |",
-                "|---|---:|---:|---:|---:|---:|",
-                f"| datasets recipe, cold | {secs(rc['seconds'])} | {mib(rc['peak_rss'])} | {mib(rc['rss_before'])} | 1x | 1.00 |",
-                f"| datasets recipe, warm (its cache) | {secs(rw['seconds'])} | {mib(rw['peak_rss'])} | {mib(rw['rss_before'])} "
-                f"| {rc['seconds'] / rw['seconds']:.1f}x | {rw['peak_rss'] / rc['peak_rss']:.2f} |",
-                f"| lmtrain, cold | {secs(lc['seconds'])} | {mib(lc['peak_rss'])} | {mib(lc['rss_before'])} "
-                f"| **{rc['seconds'] / lc['seconds']:.1f}x** | **{lc['peak_rss'] / rc['peak_rss']:.2f}** |",
-                f"| lmtrain, warm (its cache) | {secs(lw['seconds'])} | {mib(lw['peak_rss'])} | {mib(lw['rss_before'])} "
-                f"| **{rc['seconds'] / lw['seconds']:.0f}x** | {lw['peak_rss'] / rc['peak_rss']:.2f} |",
+                "| | time (s) | CPU (s) | peak RSS (MiB) | RSS after imports (MiB) | speed-up vs recipe cold "
+                "| peak RSS vs recipe cold |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+                f"| datasets recipe, cold | {secs(rc['seconds'])} | {secs(rc['cpu'])} | {mib(rc['peak_rss'])} "
+                f"| {mib(rc['rss_before'])} | 1x | 1.00 |",
+                f"| datasets recipe, warm (its cache) | {secs(rw['seconds'])} | {secs(rw['cpu'])} | {mib(rw['peak_rss'])} "
+                f"| {mib(rw['rss_before'])} | {rc['seconds'] / rw['seconds']:.0f}x | {rw['peak_rss'] / rc['peak_rss']:.2f} |",
+                f"| lmtrain, cold | {secs(lc['seconds'])} | {secs(lc['cpu'])} | {mib(lc['peak_rss'])} "
+                f"| {mib(lc['rss_before'])} | **{rc['seconds'] / lc['seconds']:.1f}x** "
+                f"| **{lc['peak_rss'] / rc['peak_rss']:.2f}** |",
+                f"| lmtrain, warm (its cache) | {secs(lw['seconds'])} | {secs(lw['cpu'])} | {mib(lw['peak_rss'])} "
+                f"| {mib(lw['rss_before'])} | **{rc['seconds'] / lw['seconds']:.0f}x** "
+                f"| {lw['peak_rss'] / rc['peak_rss']:.2f} |",
                 "",
-                f"lmtrain warm vs the recipe's own warm run: {rw['seconds'] / lw['seconds']:.0f}x. "
-                f"lmtrain encoder: {lc['runs'][0].get('encoder')}; {lc['runs'][0].get('tokens'):,} tokens.",
+                f"lmtrain warm vs the recipe's own warm run: {rw['seconds'] / lw['seconds']:.0f}x; "
+                f"CPU time, cold: {rc['cpu'] / lc['cpu']:.1f}x less. "
+                f"lmtrain encoder: {lc['runs'][0].get('encoder')}; {lc['runs'][0].get('tokens'):,} tokens "
+                f"(the recipe drops the newlines: {rc['runs'][0].get('blocks'):,} blocks vs "
+                f"{lc['runs'][0].get('blocks'):,}).",
                 "",
             ]
         if not args.skip_scaling:
@@ -285,9 +308,9 @@ def main(argv=None) -> None:
                 file = os.path.join(tmp, f"{mb:g}mb", "train.txt")
                 size = build_corpus(args.train_file, file, size_mb=mb)
                 print(f"scaling corpus: {size / MB:.1f} MB", file=sys.stderr)
-                lmt = measure(args, "lmtrain", file, tok_dir, tmp, args.scale_repeats)
-                rec = (measure(args, "recipe", file, tok_dir, tmp, args.scale_repeats, warm=False)
-                       if mb <= args.recipe_max_mb else None)
+                modes = ("lmtrain", "recipe") if mb <= args.recipe_max_mb else ("lmtrain",)
+                got = measure(args, modes, file, tok_dir, tmp, args.scale_repeats, warm={"recipe": False})
+                lmt, rec = got["lmtrain"], got.get("recipe")
                 os.remove(file)
                 rows.append((mb, size, lmt, rec))
                 results.setdefault("scaling", []).append({"mb": mb, "bytes": size, "lmtrain": lmt, "recipe": rec})
@@ -295,9 +318,9 @@ def main(argv=None) -> None:
                 f"### Scaling (one .txt file of the given size; median of {args.scale_repeats}; "
                 f"recipe only up to {args.recipe_max_mb:g} MB)",
                 "",
-                "| corpus | lmtrain cold (s) | MB/s | peak RSS (MiB) | warm (s) | warm peak RSS (MiB) "
+                "| corpus | lmtrain cold (s) | CPU (s) | MB/s | peak RSS (MiB) | warm (s) | warm peak RSS (MiB) "
                 "| recipe cold (s) | recipe peak RSS (MiB) | speed-up |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for mb, size, lmt, rec in rows:
                 c, w = lmt["cold"], lmt["warm"]
@@ -305,7 +328,8 @@ def main(argv=None) -> None:
                              f"| {secs(rec['cold']['seconds'])} | {mib(rec['cold']['peak_rss'])} "
                              f"| {rec['cold']['seconds'] / c['seconds']:.1f}x |")
                 lines.append(
-                    f"| {size / MB:.0f} MB | {secs(c['seconds'])} | {size / MB / c['seconds']:.1f} | {mib(c['peak_rss'])} "
+                    f"| {size / MB:.0f} MB | {secs(c['seconds'])} | {secs(c['cpu'])} | {size / MB / c['seconds']:.1f} "
+                    f"| {mib(c['peak_rss'])} "
                     f"| {secs(w['seconds'])} | {mib(w['peak_rss'])} " + rec_cells
                 )
             lines.append("")

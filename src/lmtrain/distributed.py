@@ -85,11 +85,15 @@ class Runtime:
 
     def sum_int(self, value: int) -> int:
         """Sum a host integer over ranks (label-token counts); a no-op on one process."""
+        return self.sum_ints(value)[0]
+
+    def sum_ints(self, *values: int) -> list:
+        """Sum host integers over ranks in one all-reduce; a no-op on one process."""
         if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+            return list(values)
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
         torch.distributed.all_reduce(t)
-        return int(t.item())
+        return t.tolist()
 
     def barrier(self) -> None:
         if self.distributed:

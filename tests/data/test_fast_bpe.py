@@ -182,3 +182,12 @@ def test_cache_with_ineligible_tokenizer_falls_back(tok512, tmp_path):
     cache = build_token_cache([tmp_path / "a.txt"], tok, cache_dir=tmp_path / "c")
     assert json.loads((cache.path / "meta.json").read_text())["encoder"] == "tokenizers"
     assert cache.tokens.tolist() == tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_no_encoding_threads_left_after_a_build(tok512, tmp_path):
+    import threading
+
+    (tmp_path / "a.txt").write_text("Some text to encode.\n" * 20_000)
+    cache = build_token_cache([tmp_path / "a.txt"], tok512, cache_dir=tmp_path / "c")
+    assert json.loads((cache.path / "meta.json").read_text())["encoder"] == "tiktoken"
+    assert not [t for t in threading.enumerate() if t.name.startswith("lmtrain-bpe")]

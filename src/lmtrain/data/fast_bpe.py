@@ -108,16 +108,16 @@ class FastBPEEncoder:
                 self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="lmtrain-bpe")
             return self._pool
 
-    def close(self) -> None:
-        """Stop the encoding threads (they are started again when needed)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the encoding threads (they start again when needed), e.g. before a fork."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False)
+            pool.shutdown(wait=wait)
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self.close(wait=False)
         except Exception:
             pass
 
@@ -384,6 +384,6 @@ def _make(tiktoken: Any, backend: Any, text: str, num_threads: int | None) -> Fa
         return None
     if got != expected:
         logger.debug("fast BPE not used: it disagrees with the tokenizer on the probe text")
-        fast.close()
+        fast.close(wait=False)
         return None
     return fast

@@ -375,7 +375,7 @@ class _Progress:
         if show is None:
             show = bool(getattr(sys.stderr, "isatty", lambda: False)())
         if show:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             total = sum(os.stat(f).st_size for f in files)
             self.bar = tqdm(
@@ -545,6 +545,9 @@ def _write_cache(
             os.fsync(fh.fileno())
     finally:
         bar.close()
+        close = getattr(encode, "close", None)
+        if close is not None:
+            close()  # no idle encoding threads left behind (data loader workers fork)
     num_documents = len(offsets) - 1
     if num_tokens == 0:
         raise DataError(

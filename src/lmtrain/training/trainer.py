@@ -206,15 +206,21 @@ class Trainer:
         self.rt.backward(loss * self.rt.world_size if self.rt.distributed else loss)
         return loss.detach()
 
-    def _label_tokens(self, micro_batches: List[Dict[str, Any]]) -> int:
+    def _label_tokens(self, micro_batches: List[Dict[str, Any]], stop: StopRequest) -> int:
+        """Label tokens of the whole step over all ranks (counted on the host copies).
+
+        Under torchrun the same all-reduce carries the stop flag, so that a SIGTERM seen by any rank
+        stops every rank after the same step.
+        """
         key = self.label_names[0]
-        if key not in micro_batches[0]:
-            return len(micro_batches)
         local = 0
         for b in micro_batches:
-            labels = b[key]
-            local += count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
-        return self.rt.sum_int(local)
+            labels = b.get(key)
+            local += 1 if labels is None else count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
+        total, stops = self.rt.sum_ints(local, int(stop.signal is not None))
+        if stops and stop.signal is None:
+            stop.signal = "SIGTERM (on another rank)"
+        return total
 
     def _optimizer_step(self, model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
         """Unscale, clip, step, schedule. Returns (grad norm, skipped) as device tensors: no sync.
@@ -322,7 +328,7 @@ class Trainer:
         """One optimizer step per iteration: forward/backward every micro-batch, step, then log/eval/save."""
         for epoch_end, micro_batches in steps:
             self.control = self._fire("on_step_begin")
-            num_items = self._label_tokens(micro_batches)
+            num_items = self._label_tokens(micro_batches, stop)
             step_loss = torch.zeros((), device=self.rt.device)
             for i, batch in enumerate(micro_batches):
                 window.tokens += batch_tokens(batch)
