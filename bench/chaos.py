@@ -277,6 +277,7 @@ def main() -> int:
     ratio = resumed / fresh if fresh and resumed else None
     figures = {
         "runs": n, "killed_by_sigkill": killed, "killed_inside_a_save": sum(r["inside_save"] for r in results),
+        "broken_checkpoints": sum(r["checkpoint_problem"] is not None for r in results),
         "unusable_checkpoints": unusable, "exact_loss_curves": exact,
         "final_weights_equal": sum(r["weights_equal"] for r in results),
         "first_step_fresh_median_s": fresh, "first_step_resume_median_s": resumed,
@@ -288,9 +289,11 @@ def main() -> int:
     print("|---|---|---|")
     print(f"| lineages killed with SIGKILL (at a random moment) | {killed} of {n} | {n} |")
     print(f"| ... of them inside a save | {figures['killed_inside_a_save']} | many |")
-    print(f"| unusable latest checkpoints | {unusable} | 0 |")
+    print(f"| ... latest checkpoint missing a file or not loadable | {figures['broken_checkpoints']} | 0 |")
+    print(f"| unusable latest checkpoints (broken, not resumed, or curve differs) | {unusable} | 0 |")
     print(f"| resumed runs with the reference loss curve, bit for bit | {exact} of {n} | {n} of {n} |")
-    print(f"| resumed runs with the reference final weights, bit for bit | {figures['final_weights_equal']} of {n} | {n} of {n} |")
+    weights = figures["final_weights_equal"]
+    print(f"| resumed runs with the reference final weights, bit for bit | {weights} of {n} | {n} of {n} |")
     print(f"| start -> first step, fresh start (median) | {fresh:.2f} s | |" if fresh else "| fresh | n/a | |")
     print(f"| start -> first step, resume (median) | {resumed:.2f} s | |" if resumed else "| resume | n/a | |")
     print(f"| resume / fresh | {ratio:.2f}x | <= 1.2x |" if ratio else "| resume / fresh | n/a | <= 1.2x |")

@@ -32,6 +32,7 @@ import os
 import re
 import threading
 import unicodedata
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -46,6 +47,7 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 DISABLE_ENV = "LMTRAIN_NO_FAST_BPE"
 
 _EMPTY = np.empty(0, dtype=np.uint32)
+_U32 = next((c for c in "IL" if array(c).itemsize == 4), None)  # array typecode of uint32
 
 def fast_bpe_disabled() -> bool:
     """True when ``$LMTRAIN_NO_FAST_BPE`` asks for the tokenizer's own encoder."""
@@ -124,7 +126,11 @@ class FastBPEEncoder:
     def _encode_one(self, text: str) -> np.ndarray:
         # A piece's id list is turned into an array at once: a batch never holds
         # millions of Python ints (about 40 bytes each) at the same time.
-        ids = np.array(self.encoding.encode_ordinary(text), dtype=np.uint32) if text else _EMPTY
+        if not text:
+            return _EMPTY
+        ids = self.encoding.encode_ordinary(text)
+        # array() converts a list of ints about 3x faster than np.array.
+        ids = np.frombuffer(array(_U32, ids), np.uint32) if _U32 else np.array(ids, np.uint32)
         return ids if self.rank_to_id is None else self.rank_to_id[ids]
 
     def _encode_ordinary(self, texts: list[str]) -> list[np.ndarray]:

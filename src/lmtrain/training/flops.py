@@ -58,8 +58,9 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
 @functools.lru_cache(maxsize=None)
 def _cpu_peak(dtype: torch.dtype) -> float:
     """A measured estimate: the best of a few 512x512 matmuls (about 50 ms)."""
-    a = torch.randn(512, 512, dtype=dtype)
-    b = torch.randn(512, 512, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # never the global RNG: a resumed run's dropout must not shift
+    a = torch.randn(512, 512, dtype=dtype, generator=g)
+    b = torch.randn(512, 512, dtype=dtype, generator=g)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()

@@ -35,6 +35,11 @@ from .window import LogWindow
 from .flops import mfu_scale
 
 
+# TrainState fields that describe this run (its plan and process roles), not the saved progress
+_RUN_FIELDS = ("max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps", "train_batch_size",
+               "is_world_process_zero", "is_local_process_zero")
+
+
 class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
@@ -279,6 +284,7 @@ class Trainer:
                                 logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
                                 save_steps=plan.save_steps, train_batch_size=args.per_device_train_batch_size,
                                 is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
+        this_run = {k: v for k, v in self.state.state_dict().items() if k in _RUN_FIELDS}
         if resume is not None:
             if self.rt.fsdp:  # full state dicts, scattered into the shards
                 load_full_state_dicts(self.model, self.optimizer, ckpt.read_model_state(resume),
@@ -287,6 +293,8 @@ class Trainer:
                 ckpt.load_model_weights(self.model, resume)
             ckpt.load_training_state(resume, optimizer=None if self.rt.fsdp else self.optimizer,
                                      scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state)
+            # the saved counters and history continue; this run's plan and process roles are its own
+            self.state.load_state_dict(this_run)
         if self.rt.is_main:
             print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
         model = wrap_model(self.model, self.rt, compile=args.torch_compile)
@@ -326,6 +334,8 @@ class Trainer:
     def _loop(self, model: torch.nn.Module, steps: Iterator, plan: RunPlan, window: LogWindow,
               stop: StopRequest) -> None:
         """One optimizer step per iteration: forward/backward every micro-batch, step, then log/eval/save."""
+        if self.state.global_step >= plan.total_steps:
+            return  # resumed from the final checkpoint: nothing left to do
         for epoch_end, micro_batches in steps:
             self.control = self._fire("on_step_begin")
             num_items = self._label_tokens(micro_batches, stop)
