@@ -104,6 +104,7 @@ class ProgressCallback(TrainerCallback):
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
         self.bar = None
+        self.eval_bar = None
 
     def _interactive(self, args) -> bool:
         return not args.disable_tqdm and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -118,6 +119,26 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """Evaluation has its own bar, below the training one."""
+        if not state.is_world_process_zero or not self._interactive(args):
+            return
+        if self.eval_bar is None:
+            from tqdm.auto import tqdm
+
+            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
+            self.eval_bar = tqdm(total=total, desc="eval", unit="batch", leave=False, file=self.stream,
+                                 position=1 if self.bar is not None else 0, dynamic_ncols=True)
+        self.eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.eval_bar is not None:
+            self.eval_bar.close()
+            self.eval_bar = None
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self.on_evaluate(args, state, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -230,20 +251,74 @@ class SampleCallback(TrainerCallback):
         print(f"sample at step {state.global_step}: {text!r}", flush=True)
 
 
-def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
-    """Callbacks for `report_to`; integrations whose package is missing are skipped with one warning."""
-    wanted = set(report_to)
-    if "all" in wanted:
-        wanted = {"tensorboard"}
-    out: List[TrainerCallback] = []
-    if "tensorboard" in wanted:
-        try:
-            import tensorboard  # noqa: F401
+class WandbCallback(TrainerCallback):
+    """Logs every record to Weights & Biases (project from WANDB_PROJECT, default lmtrain)."""
 
-            out.append(TensorBoardCallback())
-        except ImportError:
-            print("warning: report_to=tensorboard but the tensorboard package is not installed; skipping it "
-                  "(pip install tensorboard).", file=sys.stderr)
-    for name in sorted(wanted - {"tensorboard", "jsonl"}):
-        print(f"warning: report_to={name} is not supported by this version of lmtrain; skipping it.", file=sys.stderr)
+    def __init__(self) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.run = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.run is None:
+            self.run = self.wandb.init(project=os.environ.get("WANDB_PROJECT", "lmtrain"),
+                                       name=args.run_name or os.path.basename(os.path.abspath(args.output_dir)),
+                                       config=args.to_dict())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.run is not None and logs:
+            self.run.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+class MLflowCallback(TrainerCallback):
+    """Logs the arguments as parameters and every record as metrics to MLflow."""
+
+    def __init__(self) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        self.active = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not self.active:
+            self.mlflow.start_run(run_name=args.run_name or os.path.basename(os.path.abspath(args.output_dir)))
+            self.mlflow.log_params({k: str(v)[:250] for k, v in args.to_dict().items()})
+            self.active = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.active and logs:
+            self.mlflow.log_metrics({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))},
+                                    step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.active:
+            self.mlflow.end_run()
+            self.active = False
+
+
+_INTEGRATIONS = {"tensorboard": (TensorBoardCallback, "tensorboard"), "wandb": (WandbCallback, "wandb"),
+                 "mlflow": (MLflowCallback, "mlflow")}
+
+
+def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
+    """Callbacks for `report_to`; an integration whose package is missing is skipped with one warning."""
+    import importlib.util
+
+    wanted = set(report_to)
+    if "all" in wanted:  # transformers: every integration that is installed
+        wanted = {name for name, (_, pkg) in _INTEGRATIONS.items() if importlib.util.find_spec(pkg)}
+    out: List[TrainerCallback] = []
+    for name in sorted(wanted - {"jsonl"}):
+        cls, package = _INTEGRATIONS[name]
+        if importlib.util.find_spec(package) is None:
+            print(f"warning: report_to={name} but the {package} package is not installed; skipping it "
+                  f"(pip install {package}).", file=sys.stderr)
+            continue
+        out.append(cls())
     return out

@@ -474,7 +474,7 @@ class Trainer:
             preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
             bytes_per_token=getattr(dataset if dataset is not None else self.eval_dataset, "bytes_per_token", None),
             metric_key_prefix=prefix,
-            on_batch=lambda: self._fire("on_prediction_step"),
+            on_batch=lambda: self._fire("on_prediction_step", eval_dataloader=loader),
         )
         return out
 

@@ -1,0 +1,89 @@
+"""Logging integrations and the progress bars."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+
+import pytest
+
+from lmtrain import Trainer
+from lmtrain.training.callbacks import ProgressCallback, reporting_callbacks
+from tests.conftest import tiny_gpt2
+from tests.training.test_trainer import make_args, ragged_dataset, stack
+
+
+def test_tensorboard_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=2, report_to="tensorboard",
+                                                         per_device_train_batch_size=4),
+                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer.train()
+    events = list((tmp_path / "out" / "runs").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_wandb_and_mlflow_receive_every_record(tmp_path, monkeypatch):
+    calls = []
+
+    class Run:
+        def log(self, data, step):
+            calls.append(("wandb", step, data["loss"]))
+
+        def finish(self):
+            calls.append(("wandb", "finish"))
+
+    wandb = types.ModuleType("wandb")
+    wandb.init = lambda **kw: calls.append(("wandb", "init", kw["name"])) or Run()
+    mlflow = types.ModuleType("mlflow")
+    mlflow.start_run = lambda run_name: calls.append(("mlflow", "start", run_name))
+    mlflow.log_params = lambda params: calls.append(("mlflow", "params", params["learning_rate"]))
+    mlflow.log_metrics = lambda metrics, step: calls.append(("mlflow", step, metrics["loss"]))
+    mlflow.end_run = lambda: calls.append(("mlflow", "end"))
+    for name, mod in (("wandb", wandb), ("mlflow", mlflow)):
+        mod.__spec__ = types.SimpleNamespace(name=name)
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name in ("wandb", "mlflow") else None)
+    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=2, report_to=["wandb", "mlflow"],
+                                                         per_device_train_batch_size=4, run_name="r1"),
+                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert ("wandb", "init", "r1") in calls and ("mlflow", "start", "r1") in calls
+    assert [c[2] for c in calls if c[0] == "wandb" and c[1] in (1, 2)] == losses
+    assert [c[2] for c in calls if c[0] == "mlflow" and c[1] in (1, 2)] == losses
+    assert calls[-2:] in ([("wandb", "finish"), ("mlflow", "end")], [("mlflow", "end"), ("wandb", "finish")])
+
+
+def test_missing_integration_is_skipped_with_one_warning(monkeypatch, capsys):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert reporting_callbacks(["wandb"]) == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install wandb" in err[0]
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_on_a_terminal_and_plain_lines_otherwise(tmp_path):
+    tty = FakeTTY()
+    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=4, logging_steps=2, eval_strategy="steps",
+                                                         eval_steps=2, per_device_train_batch_size=4),
+                      train_dataset=ragged_dataset(), eval_dataset=ragged_dataset(n=6), data_collator=stack)
+    trainer.pop_callback(ProgressCallback)
+    trainer.add_callback(ProgressCallback(stream=tty))
+    trainer.train()
+    screen = tty.getvalue()
+    assert "train" in screen and "4/4" in screen and "eval" in screen and "loss=" in screen
+    plain = io.StringIO()
+    trainer2 = Trainer(model=tiny_gpt2(), args=make_args(tmp_path / "b", max_steps=2, logging_steps=1,
+                                                          per_device_train_batch_size=4),
+                       train_dataset=ragged_dataset(), data_collator=stack)
+    trainer2.pop_callback(ProgressCallback)
+    trainer2.add_callback(ProgressCallback(stream=plain))
+    trainer2.train()
+    lines = plain.getvalue().splitlines()
+    assert lines[0].startswith("step 1/2 loss=") and "\r" not in plain.getvalue()
