@@ -449,6 +449,8 @@ class Trainer:
             "train_loss": train_loss,
             "epoch": state.epoch,
         }
+        if getattr(self, "_mfu_scale", None) and runtime:
+            metrics["train_mfu"] = round(metrics["train_tokens_per_second"] * self._mfu_scale, 4)
         self.log(metrics)
         return TrainOutput(state.global_step, train_loss, metrics)
 
