@@ -241,8 +241,6 @@ def _head_blocks(ds, n):
 
 def _hf_prepare(args, tok, cache_dir):
     """run_clm.py's preparation: text loader, tokenize, group_texts."""
-    from itertools import chain
-
     from datasets import load_dataset
 
     raw = load_dataset(
@@ -257,16 +255,9 @@ def _hf_prepare(args, tok, cache_dir):
                         desc="Running tokenizer on dataset")
     block_size = args.block_size
 
-    def group_texts(examples):
-        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
-        total_length = len(concatenated[list(examples.keys())[0]])
-        total_length = (total_length // block_size) * block_size
-        result = {
-            k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
-            for k, t in concatenated.items()
-        }
-        result["labels"] = result["input_ids"].copy()
-        return result
+    from _recipe import make_group_texts  # bench/ is on sys.path when the script runs
+
+    group_texts = make_group_texts(block_size)
 
     return tokenized.map(group_texts, batched=True, desc=f"Grouping texts in chunks of {block_size}")
 

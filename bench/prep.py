@@ -102,8 +102,6 @@ def child_train_tokenizer(args) -> None:
 
 
 def child_recipe(args) -> None:
-    from itertools import chain
-
     import datasets
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -115,16 +113,9 @@ def child_recipe(args) -> None:
     def tokenize_function(examples):
         return tokenizer(examples["text"])
 
-    def group_texts(examples):
-        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
-        total_length = len(concatenated[list(examples.keys())[0]])
-        total_length = (total_length // block_size) * block_size
-        result = {
-            k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
-            for k, t in concatenated.items()
-        }
-        result["labels"] = result["input_ids"].copy()
-        return result
+    from _recipe import make_group_texts  # bench/ is on sys.path when the script runs
+
+    group_texts = make_group_texts(block_size)
 
     rss0 = _peak_rss()
     cpu = _cpu()
