@@ -61,3 +61,21 @@ def test_fsdp_two_processes_match_one_and_save_a_loadable_model(tmp_path, subpro
     AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "final")
     run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "fsdp"), "4", "8", "resume"], env)
     assert set(json.loads((tmp_path / "fsdp" / "losses.json").read_text())) >= {"7", "8"}
+
+
+def test_cli_under_torchrun(tmp_path, subprocess_env):
+    """The README's `torchrun ... -m lmtrain train` form, on CPU with gloo."""
+    from tests.integration.test_cli import TINY
+
+    env = dict(subprocess_env, OMP_NUM_THREADS="1")
+    out = tmp_path / "run"
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+         "-m", "lmtrain", "train", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+         "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", *TINY], env)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert len([x for x in lines if '"loss"' in x]) == len({json.loads(x)["step"] for x in lines if '"loss"' in x})
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)

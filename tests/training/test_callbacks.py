@@ -87,3 +87,16 @@ def test_progress_bars_on_a_terminal_and_plain_lines_otherwise(tmp_path):
     trainer2.train()
     lines = plain.getvalue().splitlines()
     assert lines[0].startswith("step 1/2 loss=") and "\r" not in plain.getvalue()
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path):
+    from lmtrain import EarlyStoppingCallback
+
+    data = ragged_dataset()
+    # a learning rate of 0 never improves the eval loss: stop after 1 + patience evaluations
+    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=50, learning_rate=0.0, eval_strategy="steps",
+                                                         eval_steps=2, per_device_train_batch_size=4,
+                                                         metric_for_best_model="loss"),
+                      train_dataset=data, eval_dataset=data[:4], data_collator=stack,
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=2)])
+    assert trainer.train().global_step == 6
