@@ -7,12 +7,18 @@ calls the same four things everywhere: `autocast()`, `backward(loss)`, `no_sync(
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Optional
 
 import torch
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -114,6 +120,8 @@ def setup_runtime(args: Any) -> Runtime:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group(backend=backend)
+        # an orderly teardown: exiting with a live gloo group can abort ("terminate called ...")
+        atexit.register(_destroy_process_group)
     if device.type == "cuda":
         tf32 = True if args.tf32 is None else args.tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32

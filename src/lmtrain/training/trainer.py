@@ -502,15 +502,15 @@ class Trainer:
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save weights, config and tokenizer so `from_pretrained(output_dir)` loads them."""
         model_sd, _ = full_state_dicts(self.model, None, self.rt)  # FSDP: a collective, on every rank
-        if not self.rt.is_main:
-            return
-        out = output_dir or self.args.output_dir
-        os.makedirs(out, exist_ok=True)
-        ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors, state_dict=model_sd)
-        if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-            self.processing_class.save_pretrained(out)
-        with open(os.path.join(out, "training_args.json"), "w", encoding="utf-8") as f:
-            f.write(self.args.to_json_string() + "\n")
+        if self.rt.is_main:
+            out = output_dir or self.args.output_dir
+            os.makedirs(out, exist_ok=True)
+            ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors, state_dict=model_sd)
+            if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
+                self.processing_class.save_pretrained(out)
+            with open(os.path.join(out, "training_args.json"), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string() + "\n")
+        self.rt.barrier()  # every rank returns once the model is on disk
 
     def save_state(self) -> None:
         if self.rt.is_main:
