@@ -63,7 +63,9 @@ class _Gatherer:
     on_host: Optional[np.ndarray] = None
 
     def add(self, t: torch.Tensor) -> None:
-        self.on_device = (self.on_device or []) + [t]
+        if self.on_device is None:
+            self.on_device = []
+        self.on_device.append(t)
 
     def flush(self) -> None:
         for t in self.on_device or []:
