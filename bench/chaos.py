@@ -67,21 +67,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def read_log(out: Path) -> List[dict]:
+    """log.jsonl's records ([] before the first one); a line cut short by SIGKILL is skipped."""
+    from lmtrain.report import read_log as read_jsonl
+
     path = out / "log.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by SIGKILL, perhaps with a later record appended to it
-            cut = line.rfind('{"step"')
-            if cut > 0:
-                try:
-                    records.append(json.loads(line[cut:]))
-                except json.JSONDecodeError:
-                    pass
-    return records
+    return read_jsonl(path)[0] if path.exists() else []
 
 
 def loss_curve(records: List[dict]) -> Dict[int, float]:

@@ -246,22 +246,11 @@ def env(tmp_path_factory):
 
 
 def read_log(out: Path) -> List[dict]:
-    """log.jsonl records; a line cut short by SIGKILL (and whatever was appended to it) is repaired."""
+    """log.jsonl's records ([] before the first one); a line cut short by SIGKILL is skipped."""
+    from lmtrain.report import read_log as read_jsonl
+
     path = out / "log.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            cut = line.rfind('{"step"')
-            if cut > 0:
-                try:
-                    records.append(json.loads(line[cut:]))
-                except json.JSONDecodeError:
-                    pass
-    return records
+    return read_jsonl(path)[0] if path.exists() else []
 
 
 def step_records(out: Path) -> Dict[int, dict]:

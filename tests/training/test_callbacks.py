@@ -100,3 +100,20 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
                       train_dataset=data, eval_dataset=data[:4], data_collator=stack,
                       callbacks=[EarlyStoppingCallback(early_stopping_patience=2)])
     assert trainer.train().global_step == 6
+
+
+def test_jsonl_log_seals_a_line_cut_by_a_kill(tmp_path):
+    import json as _json
+
+    from lmtrain.report import read_log
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 1, "loss": 4.0}\n{"step": 2, "lo')  # killed mid-write
+    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=4),
+                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer.train()
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert lines[1] == '{"step": 2, "lo' and _json.loads(lines[2])["step"] == 1
+    records, bad = read_log(out / "log.jsonl")
+    assert bad == 1 and [r["step"] for r in records][:2] == [1, 1]

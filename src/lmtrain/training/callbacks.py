@@ -166,14 +166,24 @@ class ProgressCallback(TrainerCallback):
 class JsonlLoggerCallback(TrainerCallback):
     """Appends every logged record, as one JSON object a line, to output_dir/log.jsonl."""
 
+    def __init__(self) -> None:
+        self.sealed = False
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         os.makedirs(args.output_dir, exist_ok=True)
         record = {"step": state.global_step, "epoch": round(state.epoch, 4), "time": round(time.time(), 3), **logs}
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(os.path.join(args.output_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = os.path.join(args.output_dir, "log.jsonl")
+        with open(path, "a+b") as f:
+            if not self.sealed:  # a killed run may have left half a line: end it, so it stands alone
+                self.sealed = True
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+            f.write((json.dumps(record) + "\n").encode("utf-8"))
 
 
 class TensorBoardCallback(TrainerCallback):
