@@ -1,8 +1,10 @@
 """`TrainingArguments`: the transformers names and defaults, checked once at construction.
 
 Each field carries a docstring under it; `HfArgumentParser` turns those into ``--help`` text.
-Fields that transformers has but lmtrain does not act on are not accepted silently: they are
-absent, so a typo or an unsupported option fails with the closest valid names.
+Every other field of the installed transformers' `TrainingArguments` is added from its source (see
+`hf_fields`), so a script written for any transformers 4.46+ constructs these arguments unchanged.
+Those lmtrain acts on are listed in `IMPLEMENTED_HF_FIELDS`; any other one set away from its default
+is named once in the start-up summary ("set but without effect here"), never silently ignored.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Iterator, List, Optional, Union
 
 from .errors import ConfigError
+from .hf_fields import hf_enums, hf_training_fields
 
 
 class IntervalStrategy(str, Enum):
@@ -25,27 +28,29 @@ class IntervalStrategy(str, Enum):
     EPOCH = "epoch"
 
 
+class SaveStrategy(str, Enum):
+    """When to save: as IntervalStrategy, plus `best` (whenever metric_for_best_model improves)."""
+
+    NO = "no"
+    STEPS = "steps"
+    EPOCH = "epoch"
+    BEST = "best"
+
+
 class ParallelMode(str, Enum):
     NOT_DISTRIBUTED = "not_distributed"
     DISTRIBUTED = "distributed"
 
 
-class SchedulerType(str, Enum):
-    LINEAR = "linear"
-    COSINE = "cosine"
-    COSINE_WITH_RESTARTS = "cosine_with_restarts"
-    POLYNOMIAL = "polynomial"
-    CONSTANT = "constant"
-    CONSTANT_WITH_WARMUP = "constant_with_warmup"
-    INVERSE_SQRT = "inverse_sqrt"
+def _installed_enum(name: str, fallback: List[str]) -> type:
+    """An enum with the members of the installed transformers' enum `name` (fallback when unreadable)."""
+    values = hf_enums().get(name) or fallback
+    return Enum(name, {v.upper(): v for v in values}, type=str, module=__name__)
 
 
-class OptimizerNames(str, Enum):
-    ADAMW_TORCH = "adamw_torch"
-    ADAMW_TORCH_FUSED = "adamw_torch_fused"
-    ADAMW_HF = "adamw_hf"
-    SGD = "sgd"
-    ADAGRAD = "adagrad"
+SchedulerType = _installed_enum("SchedulerType", ["linear", "cosine", "cosine_with_restarts", "polynomial",
+                                                  "constant", "constant_with_warmup", "inverse_sqrt"])
+OptimizerNames = _installed_enum("OptimizerNames", ["adamw_torch", "adamw_torch_fused", "sgd", "adagrad"])
 
 
 def _enum_value(value: Any, enum: type, name: str) -> str:
@@ -57,7 +62,6 @@ def _enum_value(value: Any, enum: type, name: str) -> str:
     return value
 
 
-@dataclass
 class TrainingArguments:
     """Settings of a training run, with the names and defaults of `transformers.TrainingArguments`."""
 
@@ -92,6 +96,14 @@ class TrainingArguments:
     """Move predictions to the CPU every N eval batches, so large eval sets do not fill device memory."""
     prediction_loss_only: bool = False
     """In evaluate/predict, compute only the loss: no logits are gathered."""
+    eval_on_start: bool = False
+    """Evaluate once before the first training step (a sanity check of the evaluation)."""
+    eval_do_concat_batches: bool = True
+    """Concatenate the predictions of all eval batches (false: a list with one array per batch)."""
+    include_for_metrics: List[str] = field(default_factory=list)
+    """Also give compute_metrics the "inputs" and/or "loss" (per example) in EvalPrediction."""
+    batch_eval_metrics: bool = False
+    """Call compute_metrics on every eval batch with compute_result=False, and True on the last one."""
 
     learning_rate: float = 5e-5
     """Peak learning rate of AdamW."""
@@ -105,17 +117,25 @@ class TrainingArguments:
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value (0 disables clipping)."""
+    label_smoothing_factor: float = 0.0
+    """Label smoothing epsilon in the token-weighted loss (0: none), as transformers' LabelSmoother."""
+    average_tokens_across_devices: bool = True
+    """Under torchrun, divide the step's loss by the label tokens of all ranks (false: by each rank's own)."""
+    neftune_noise_alpha: Optional[float] = None
+    """NEFTune: add uniform noise of this scale to the input embeddings while training (None: off)."""
 
     num_train_epochs: float = 3.0
     """Passes over the training set (a fraction stops part-way); ignored when max_steps > 0."""
     max_steps: int = -1
     """Total optimizer steps; overrides num_train_epochs when > 0."""
     lr_scheduler_type: Union[SchedulerType, str] = "linear"
-    """Learning-rate schedule: linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt."""
+    """Learning-rate schedule, any of transformers' (linear, cosine, cosine_with_min_lr, warmup_stable_decay, reduce_lr_on_plateau, ...)."""
+    lr_scheduler_kwargs: Optional[Union[dict, str]] = None
+    """Extra arguments of the schedule, as a dict or JSON (e.g. {"min_lr_rate": 0.1} for cosine_with_min_lr)."""
     warmup_ratio: float = 0.0
     """Fraction of total steps used for linear warmup (used when warmup_steps is 0)."""
-    warmup_steps: int = 0
-    """Steps of linear warmup from 0 to learning_rate."""
+    warmup_steps: float = 0
+    """Steps of linear warmup from 0 to learning_rate (a value below 1 is a fraction of all steps)."""
 
     logging_dir: Optional[str] = None
     """Directory for TensorBoard files (default: output_dir/runs)."""
@@ -123,15 +143,19 @@ class TrainingArguments:
     """When to log: no, steps (every logging_steps) or epoch."""
     logging_first_step: bool = False
     """Also log the first optimizer step."""
+    include_num_input_tokens_seen: Union[str, bool] = "no"
+    """Add num_input_tokens_seen to every log record: all (every input token), non_padding, or no."""
+    skip_memory_metrics: bool = True
+    """False: add memory use (transformers' TrainerMemoryTracker) to the train/eval metrics."""
     logging_steps: float = 500
     """Log every N optimizer steps (a float below 1 is a fraction of all steps)."""
     nan_policy: str = "stop"
-    """On a NaN/inf loss or gradient: stop (name the step, keep the last good checkpoint) or skip (no update, counted in the logs)."""
+    """lmtrain's own: on a NaN/inf loss or gradient, stop (name the step, keep the last good checkpoint), skip (no update, counted in the logs) or ignore (step anyway, as transformers does)."""
     logging_nan_inf_filter: bool = True
-    """Accepted for compatibility; lmtrain reports non-finite losses instead of hiding them."""
+    """As transformers: a non-finite step loss is logged as the window's mean so far, and eval_loss averages finite batch losses only."""
 
-    save_strategy: Union[IntervalStrategy, str] = "steps"
-    """When to save a checkpoint: no, steps (every save_steps) or epoch."""
+    save_strategy: Union[SaveStrategy, str] = "steps"
+    """When to save a checkpoint: no, steps (every save_steps), epoch, or best (when metric_for_best_model improves)."""
     save_steps: float = 500
     """Save every N optimizer steps (a float below 1 is a fraction of all steps)."""
     save_total_limit: Optional[int] = None
@@ -140,6 +164,10 @@ class TrainingArguments:
     """Write model weights as safetensors (else pytorch_model.bin)."""
     save_only_model: bool = False
     """Checkpoints hold only the model (no optimizer, scheduler or RNG state: they cannot be resumed)."""
+    restore_callback_states_from_checkpoint: bool = False
+    """On resume, restore the state of stateful callbacks (EarlyStoppingCallback...) from the checkpoint."""
+    ignore_data_skip: bool = False
+    """On resume, start the interrupted epoch from its first batch instead of where the run stopped."""
     load_best_model_at_end: bool = False
     """At the end, load the checkpoint with the best metric_for_best_model."""
     metric_for_best_model: Optional[str] = None
@@ -161,11 +189,27 @@ class TrainingArguments:
     tf32: Optional[bool] = None
     """Allow TF32 matmuls on Ampere or newer GPUs (default: on for CUDA)."""
     optim: Union[OptimizerNames, str] = "adamw_torch"
-    """Optimizer: adamw_torch (fused automatically on CUDA), adamw_torch_fused, adamw_hf, sgd, adagrad."""
+    """Optimizer, any of transformers' names whose package is installed (adamw_torch, fused automatically on CUDA; adafactor, sgd, ...)."""
+    optim_args: Optional[str] = None
+    """Extra optimizer arguments as "key=value,key2=value2"."""
     torch_compile: bool = False
     """Compile the model with torch.compile."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Optional[bool] = False
     """Recompute activations in the backward pass to save memory."""
+    gradient_checkpointing_kwargs: Optional[Union[dict, str]] = None
+    """Arguments of the model's gradient_checkpointing_enable (e.g. {"use_reentrant": false})."""
+    torch_compile_backend: Optional[str] = None
+    """torch.compile backend (setting it turns torch_compile on)."""
+    torch_compile_mode: Optional[str] = None
+    """torch.compile mode, e.g. max-autotune (setting it turns torch_compile on)."""
+    torch_empty_cache_steps: Optional[int] = None
+    """Empty the CUDA cache every N steps (lowers peak memory, costs some speed)."""
+    use_cache: bool = False
+    """Set the model config's use_cache for training (the key/value cache is rarely useful while training)."""
+    bf16_full_eval: bool = False
+    """Outside training, evaluate with the model cast to bfloat16."""
+    fp16_full_eval: bool = False
+    """Outside training, evaluate with the model cast to float16."""
     use_cpu: bool = False
     """Train on the CPU even when an accelerator is present."""
     auto_find_batch_size: bool = False
@@ -181,12 +225,18 @@ class TrainingArguments:
     """Keep loader workers alive between epochs."""
     dataloader_prefetch_factor: Optional[int] = None
     """Batches each worker loads ahead."""
+    dataloader_multiprocessing_context: Optional[str] = None
+    """Start method of loader workers: fork, spawn or forkserver (default: the platform's)."""
     remove_unused_columns: bool = True
     """Drop dataset columns that the model's forward() does not accept."""
     label_names: Optional[List[str]] = None
     """Keys of the batch that hold labels (default: labels)."""
+    train_sampling_strategy: str = "random"
+    """Order of training examples: random, sequential, or group_by_length (similar lengths share a batch)."""
+    length_column_name: str = "length"
+    """Column with precomputed example lengths for group_by_length (else len(input_ids))."""
     group_by_length: bool = False
-    """Accepted for compatibility; not used by lmtrain (packed blocks have one length)."""
+    """Batch examples of similar length together (transformers 4.x name of train_sampling_strategy='group_by_length')."""
 
     report_to: Union[None, str, List[str]] = "none"
     """Where to send logs besides the console and the JSONL file: none, all, tensorboard, wandb, mlflow."""
@@ -194,8 +244,10 @@ class TrainingArguments:
     """A name for this run in logs (default: output_dir)."""
     disable_tqdm: bool = False
     """No progress bar: plain log lines instead."""
+    log_level_replica: str = "warning"
+    """Verbosity of transformers' logger on the other processes under torchrun."""
     log_level: str = "passive"
-    """Accepted for compatibility."""
+    """Verbosity of transformers' logger on the main process: debug, info, warning, error, critical or passive (leave it)."""
 
     resume_from_checkpoint: Optional[str] = None
     """Checkpoint to resume from (used by scripts; `train(resume_from_checkpoint=...)` takes it too)."""
@@ -203,14 +255,25 @@ class TrainingArguments:
     """Under torchrun, shard parameters, gradients and optimizer state with FSDP2 instead of DDP."""
     ddp_backend: Optional[str] = None
     """torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU)."""
+    ddp_timeout: int = 1800
+    """Seconds a collective may wait under torchrun before the process group gives up."""
+    ddp_find_unused_parameters: Optional[bool] = None
+    """DDP's find_unused_parameters (default: false; true with gradient checkpointing off and unused weights)."""
+    ddp_bucket_cap_mb: Optional[int] = None
+    """DDP gradient bucket size in MiB."""
+    ddp_broadcast_buffers: Optional[bool] = None
+    """DDP's broadcast_buffers."""
+    ddp_static_graph: Optional[bool] = None
+    """DDP's static_graph."""
     local_rank: int = -1
     """Set by torchrun through the LOCAL_RANK variable; accepted for compatibility."""
     push_to_hub: bool = False
-    """Not supported (no network): must stay false."""
-    hub_model_id: Optional[str] = None
-    """Not supported (no network)."""
+    """Not supported (lmtrain runs without network): said once at start-up when set."""
+    enable_jit_checkpoint: bool = False
+    """Save a checkpoint on SIGTERM before exiting (lmtrain always does; accepted for transformers 5 scripts)."""
 
     def __post_init__(self) -> None:
+        self._set_by_user = self._changed_fields()  # before the defaults below are filled in
         if self.output_dir is None:
             self.output_dir = "trainer_output"
         self.output_dir = os.fspath(self.output_dir)
@@ -219,9 +282,10 @@ class TrainingArguments:
             self.evaluation_strategy = None
         self.eval_strategy = _enum_value(self.eval_strategy, IntervalStrategy, "eval_strategy")
         self.logging_strategy = _enum_value(self.logging_strategy, IntervalStrategy, "logging_strategy")
-        self.save_strategy = _enum_value(self.save_strategy, IntervalStrategy, "save_strategy")
+        self.save_strategy = _enum_value(self.save_strategy, SaveStrategy, "save_strategy")
         self.lr_scheduler_type = _enum_value(self.lr_scheduler_type, SchedulerType, "lr_scheduler_type")
         self.optim = _enum_value(self.optim, OptimizerNames, "optim")
+        self._normalise_transformers_fields()
         if self.eval_strategy == "steps" and not self.eval_steps:
             self.eval_steps = self.logging_steps
         if isinstance(self.report_to, str):
@@ -233,6 +297,8 @@ class TrainingArguments:
             self.data_seed = self.seed
         if self.metric_for_best_model is None and self.load_best_model_at_end:
             self.metric_for_best_model = "loss"
+        if self.save_strategy == "best" and self.metric_for_best_model is None:
+            raise ConfigError("save_strategy='best' needs metric_for_best_model (e.g. 'loss'); set it.")
         if self.greater_is_better is None and self.metric_for_best_model is not None:
             self.greater_is_better = not self.metric_for_best_model.endswith(("loss", "perplexity", "bits_per_byte"))
         self._check()
@@ -258,7 +324,7 @@ class TrainingArguments:
         if self.load_best_model_at_end:
             if self.eval_strategy == "no":
                 raise ConfigError("load_best_model_at_end needs evaluation: set eval_strategy to 'steps' or 'epoch'.")
-            if self.save_strategy != self.eval_strategy:
+            if self.save_strategy not in (self.eval_strategy, "best"):
                 raise ConfigError(
                     f"load_best_model_at_end needs save_strategy to match eval_strategy "
                     f"(got save_strategy={self.save_strategy!r}, eval_strategy={self.eval_strategy!r}); set them equal."
@@ -274,10 +340,8 @@ class TrainingArguments:
             raise ConfigError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
         if isinstance(self.fsdp, str):  # transformers spells it "full_shard auto_wrap" etc.
             self.fsdp = self.fsdp.strip().lower() not in ("", "false", "no", "0")
-        if self.nan_policy not in ("stop", "skip"):
-            raise ConfigError(f"nan_policy={self.nan_policy!r} is not one of stop, skip; pick one of those.")
-        if self.push_to_hub:
-            raise ConfigError("push_to_hub is not supported by lmtrain (it runs without network); unset it.")
+        if self.nan_policy not in ("stop", "skip", "ignore"):
+            raise ConfigError(f"nan_policy={self.nan_policy!r} is not one of stop, skip, ignore; pick one of those.")
         unknown = set(self.report_to) - {"all", "tensorboard", "wandb", "mlflow", "jsonl"}
         if unknown:
             raise ConfigError(f"report_to has unknown targets {sorted(unknown)}; use none, all, tensorboard, wandb or mlflow.")
@@ -294,13 +358,64 @@ class TrainingArguments:
         return self.per_device_eval_batch_size
 
     def get_warmup_steps(self, num_training_steps: int) -> int:
-        """Warmup steps: warmup_steps if set, else ceil(warmup_ratio * total)."""
-        return self.warmup_steps if self.warmup_steps > 0 else math.ceil(num_training_steps * self.warmup_ratio)
+        """Warmup steps: warmup_steps (a value below 1 is a fraction of the total), else warmup_ratio * total."""
+        if self.warmup_steps >= 1:
+            return int(self.warmup_steps)
+        ratio = self.warmup_steps if self.warmup_steps > 0 else self.warmup_ratio
+        return math.ceil(num_training_steps * ratio)
 
     def non_default_fields(self) -> dict:
-        """The fields whose value differs from the default (for the start-up summary)."""
-        default = TrainingArguments(output_dir=self.output_dir)
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+        """The fields the user set away from their declared default (subclasses' own fields included)."""
+        changed = getattr(self, "_set_by_user", None)
+        if changed is None:
+            changed = self._changed_fields()
+        return {name: getattr(self, name) for name in changed}
+
+    def _changed_fields(self) -> list:
+        out = []
+        for f in fields(self):
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            value = getattr(self, f.name, default)
+            if isinstance(default, Enum):
+                default = default.value
+            if value != default:
+                out.append(f.name)
+        return out
+
+    def _normalise_transformers_fields(self) -> None:
+        """Spellings transformers accepts for the fields it added over the versions."""
+        import json
+
+        if isinstance(self.lr_scheduler_kwargs, str):
+            self.lr_scheduler_kwargs = json.loads(self.lr_scheduler_kwargs) if self.lr_scheduler_kwargs.strip() else {}
+        for name in ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"):
+            value = getattr(self, name, None)
+            if isinstance(value, str):
+                setattr(self, name, json.loads(value) if value.strip() else None)
+        tokens_seen = getattr(self, "include_num_input_tokens_seen", "no")
+        if isinstance(tokens_seen, bool) or str(tokens_seen).lower() in ("true", "false"):
+            tokens_seen = "all" if str(tokens_seen).lower() == "true" else "no"
+        self.include_num_input_tokens_seen = tokens_seen
+        if getattr(self, "activation_checkpointing", None):  # transformers 5's name for it
+            self.gradient_checkpointing = True
+            self.gradient_checkpointing_kwargs = self.gradient_checkpointing_kwargs or getattr(
+                self, "activation_checkpointing_kwargs", None)
+        self.gradient_checkpointing = bool(self.gradient_checkpointing)
+        if getattr(self, "torch_compile_mode", None) or getattr(self, "torch_compile_backend", None):
+            self.torch_compile = True  # transformers: setting either turns compilation on
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
+            raise ConfigError(f"train_sampling_strategy={self.train_sampling_strategy!r} is not one of random, "
+                              f"sequential, group_by_length; pick one of those.")
+        self.include_for_metrics = list(getattr(self, "include_for_metrics", None) or [])
+        if getattr(self, "include_inputs_for_metrics", False) and "inputs" not in self.include_for_metrics:
+            self.include_for_metrics.append("inputs")  # transformers 4.x name
 
     # ---- process facts that transformers' example scripts read --------------------------------
 
@@ -364,3 +479,60 @@ class TrainingArguments:
         import json
 
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ---- the rest of the installed transformers' TrainingArguments -----------------------------------
+
+_LMTRAIN_DECLARED = frozenset(TrainingArguments.__dict__.get("__annotations__", {}))
+
+# Why the transformers fields lmtrain does not declare have no effect here (said at start-up when set).
+NO_EFFECT_REASONS = {
+    "push_to_hub": "no network: lmtrain does not push to the Hub",
+    "hub_": "no network: lmtrain does not push to the Hub",
+    "trackio_": "trackio is not an lmtrain report_to target",
+    "project": "trackio is not an lmtrain report_to target",
+    "deepspeed": "DeepSpeed is not used; run under torchrun with --fsdp",
+    "fsdp_config": "lmtrain's FSDP2 wrapping takes no config",
+    "accelerator_config": "lmtrain does not run through accelerate",
+    "parallelism_config": "tensor/context parallelism is not supported",
+    "use_liger_kernel": "Liger kernels are not used",
+    "liger_kernel_config": "Liger kernels are not used",
+    "optim_target_modules": "GaLore/APOLLO target modules are not supported",
+    "eval_use_gather_object": "evaluation is not sharded across ranks, nothing is gathered",
+    "log_on_each_node": "only the main process logs",
+    "save_on_each_node": "the main process saves; use a shared filesystem across nodes",
+    "dataloader_in_order": "each rank reads its own shard of the data",
+    "debug": "transformers' debug options are not supported",
+    "activation_checkpointing_kwargs": "read together with activation_checkpointing",
+}
+
+
+def no_effect_reason(name: str) -> str:
+    """Why transformers field `name` (one lmtrain does not declare) changes nothing in lmtrain."""
+    for key, reason in NO_EFFECT_REASONS.items():
+        if name == key or (key.endswith("_") and name.startswith(key)):
+            return reason
+    return "not used by lmtrain"
+
+
+def _add_transformers_fields(cls: type) -> type:
+    """Declare, on the undecorated class, every transformers field it lacks; then make it a dataclass."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for name, hf in hf_training_fields().items():
+        if name in annotations:
+            continue
+        annotations[name] = hf.type
+        default = hf.default
+        if isinstance(default, (list, dict)):
+            setattr(cls, name, field(default_factory=lambda d=default: type(d)(d), metadata={"help": hf.help}))
+        else:
+            setattr(cls, name, field(default=default, metadata={"help": hf.help}))
+    cls.__annotations__ = annotations
+    return dataclass(cls)
+
+
+TrainingArguments = _add_transformers_fields(TrainingArguments)
+IMPLEMENTED_HF_FIELDS = frozenset(
+    name for name in TrainingArguments.__dict__.get("__annotations__", {})
+    if name in hf_training_fields() and name in _LMTRAIN_DECLARED
+)
