@@ -119,7 +119,10 @@ def setup_runtime(args: Any) -> Runtime:
         backend = args.ddp_backend or ("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
+        from datetime import timedelta
+
+        timeout = timedelta(seconds=getattr(args, "ddp_timeout", 1800) or 1800)
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
         # an orderly teardown: exiting with a live gloo group can abort ("terminate called ...")
         atexit.register(_destroy_process_group)
     if device.type == "cuda":
@@ -141,19 +144,26 @@ def setup_runtime(args: Any) -> Runtime:
     return rt
 
 
-def wrap_model(model: torch.nn.Module, rt: Runtime, compile: bool = False) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, rt: Runtime, args: Any = None, compile: Optional[bool] = None) -> torch.nn.Module:
     """The module the loop trains: compiled when asked, DDP-wrapped under torchrun.
 
+    `args` supplies torch_compile(_mode, _backend) and the ddp_* options of TrainingArguments.
     The bare model stays what the Trainer saves and evaluates; the wrappers share its parameters.
     """
+    compile = getattr(args, "torch_compile", False) if compile is None else compile
     if compile:
-        model = torch.compile(model)
+        options = {k: getattr(args, f"torch_compile_{k}", None) for k in ("mode", "backend")}
+        model = torch.compile(model, **{k: v for k, v in options.items() if v})
     if not rt.distributed or rt.fsdp:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    ddp = {"find_unused_parameters": getattr(args, "ddp_find_unused_parameters", None),
+           "bucket_cap_mb": getattr(args, "ddp_bucket_cap_mb", None),
+           "broadcast_buffers": getattr(args, "ddp_broadcast_buffers", None),
+           "static_graph": getattr(args, "ddp_static_graph", None)}
+    return DistributedDataParallel(model, device_ids=ids, **{k: v for k, v in ddp.items() if v is not None})
 
 
 def _repeated_blocks(model: torch.nn.Module) -> list:

@@ -1,21 +1,37 @@
-"""Callbacks with the transformers event names, plus lmtrain's console, JSONL and TensorBoard loggers."""
+"""Callbacks with transformers' names, events, flags and order.
+
+`DefaultFlowCallback` decides from the strategies when to log, evaluate and save, by setting the
+`TrainerControl` flags in `on_step_end` / `on_epoch_end`, exactly as in transformers; callbacks after it
+see (and may change) those flags before the loop acts on them. `CallbackHandler` resets the flags at the
+same events transformers does. Callbacks that are `ExportableState` are saved in checkpoints.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
-import time
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from .state import TrainState
+logger = logging.getLogger("lmtrain")
+
+
+class ExportableState:
+    """A callback (or the control) whose state travels in checkpoints: `state()` and `from_state()`."""
+
+    def state(self) -> dict:
+        raise NotImplementedError("You must implement a `state` function to utilize this class.")
+
+    @classmethod
+    def from_state(cls, state: dict) -> Any:
+        instance = cls(**state["args"])
+        for key, value in state["attributes"].items():
+            setattr(instance, key, value)
+        return instance
 
 
 @dataclass
-class TrainerControl:
-    """Flags a callback sets to steer the loop; the loop resets them after acting."""
+class TrainerControl(ExportableState):
+    """Flags a callback sets to steer the loop; reset at the events transformers resets them."""
 
     should_training_stop: bool = False
     should_epoch_stop: bool = False
@@ -32,8 +48,19 @@ class TrainerControl:
     def should_stop(self, value: bool) -> None:
         self.should_training_stop = value
 
+    def _new_training(self) -> None:
+        self.should_training_stop = False
+
+    def _new_epoch(self) -> None:
+        self.should_epoch_stop = False
+
     def _new_step(self) -> None:
         self.should_save = self.should_evaluate = self.should_log = False
+
+    def state(self) -> dict:
+        return {"args": {"should_training_stop": self.should_training_stop, "should_epoch_stop": self.should_epoch_stop,
+                         "should_save": self.should_save, "should_evaluate": self.should_evaluate,
+                         "should_log": self.should_log}, "attributes": {}}
 
 
 class TrainerCallback:
@@ -54,281 +81,188 @@ class TrainerCallback:
     def on_save(self, args, state, control, **kwargs): ...
     def on_log(self, args, state, control, logs=None, **kwargs): ...
     def on_prediction_step(self, args, state, control, **kwargs): ...
+    def on_push_begin(self, args, state, control, **kwargs): ...
+
+
+# The flag each event clears before the callbacks run (transformers' CallbackHandler).
+_RESETS = {
+    "on_train_begin": ("should_training_stop",),
+    "on_epoch_begin": ("should_epoch_stop",),
+    "on_step_begin": ("should_log", "should_evaluate", "should_save"),
+    "on_evaluate": ("should_evaluate",),
+    "on_save": ("should_save",),
+    "on_log": ("should_log",),
+}
 
 
 class CallbackHandler:
-    """Calls every registered callback for an event, in order; a callback may return a new control."""
+    """Calls every registered callback for an event, in order; a callback may return a new control.
 
-    def __init__(self, callbacks: List[Any], **objects: Any) -> None:
-        self.callbacks: List[TrainerCallback] = []
-        self.objects = objects
+    Each callback also receives model, processing_class, optimizer, lr_scheduler, train_dataloader and
+    eval_dataloader as keyword arguments, as in transformers.
+    """
+
+    def __init__(self, callbacks: List[Any], model: Any = None, processing_class: Any = None,
+                 optimizer: Any = None, lr_scheduler: Any = None) -> None:
+        self.callbacks: List[Any] = []
         for cb in callbacks:
-            self.add(cb)
+            self.add_callback(cb)
+        self.model, self.processing_class = model, processing_class
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.train_dataloader = self.eval_dataloader = None
 
-    def add(self, callback: Any) -> None:
+    def add_callback(self, callback: Any) -> None:
         cb = callback() if isinstance(callback, type) else callback
+        if type(cb) in [type(c) for c in self.callbacks]:
+            logger.warning("adding a second %s to the Trainer's callbacks", type(cb).__name__)
         self.callbacks.append(cb)
 
-    def pop(self, callback: Any) -> Optional[TrainerCallback]:
+    def pop_callback(self, callback: Any) -> Optional[Any]:
         for cb in self.callbacks:
-            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
+            if (isinstance(callback, type) and isinstance(cb, callback)) or cb is callback:
                 self.callbacks.remove(cb)
                 return cb
         return None
 
-    def remove(self, callback: Any) -> None:
-        self.pop(callback)
+    def remove_callback(self, callback: Any) -> None:
+        self.pop_callback(callback)
 
-    def fire(self, event: str, args, state: TrainState, control: TrainerControl, **kwargs: Any) -> TrainerControl:
+    # lmtrain's earlier names
+    add, pop, remove = add_callback, pop_callback, remove_callback
+
+    @property
+    def callback_list(self) -> str:
+        return "\n".join(type(cb).__name__ for cb in self.callbacks)
+
+    def fire(self, event: str, args: Any, state: Any, control: TrainerControl, **kwargs: Any) -> TrainerControl:
+        for flag in _RESETS.get(event, ()):
+            setattr(control, flag, False)
+        objects = {"model": self.model, "processing_class": self.processing_class, "optimizer": self.optimizer,
+                   "lr_scheduler": self.lr_scheduler, "train_dataloader": self.train_dataloader,
+                   "eval_dataloader": self.eval_dataloader}
+        objects.update(kwargs)  # an event's own eval_dataloader wins
         for cb in self.callbacks:
-            result = getattr(cb, event, None)
-            if result is None:
+            handler = getattr(cb, event, None)
+            if handler is None:
                 continue
-            out = result(args, state, control, **self.objects, **kwargs)
-            if isinstance(out, TrainerControl):
+            out = handler(args, state, control, **objects)
+            if out is not None:
                 control = out
         return control
 
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
+    def __getattr__(self, event: str) -> Any:
+        """`handler.on_step_end(args, state, control)` as transformers spells it."""
+        if event.startswith("on_"):
+            return lambda args, state, control, **kw: self.fire(event, args, state, control, **kw)
+        raise AttributeError(event)
 
 
-class ProgressCallback(TrainerCallback):
-    """A tqdm bar (step/total, epoch, loss, lr, tokens/s) on a terminal; plain lines otherwise."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.bar = None
-        self.eval_bar = None
-
-    def _interactive(self, args) -> bool:
-        return not args.disable_tqdm and hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self._interactive(args):
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
-                            file=self.stream, dynamic_ncols=True)
+class DefaultFlowCallback(TrainerCallback):
+    """When to log, evaluate and save, from the strategies: transformers' rules, flag by flag."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.update(state.global_step - self.bar.n)
+        step = state.global_step
+        if step == 1 and args.logging_first_step:
+            control.should_log = True
+        if args.logging_strategy == "steps" and state.logging_steps and step % state.logging_steps == 0:
+            control.should_log = True
+        eval_due = args.eval_strategy == "steps" and bool(state.eval_steps) and args.eval_delay <= step
+        if eval_due and step % state.eval_steps == 0:
+            control.should_evaluate = True
+        if args.save_strategy == "steps" and state.save_steps and state.save_steps > 0 and step % state.save_steps == 0:
+            control.should_save = True
+        if step >= state.max_steps:
+            control.should_training_stop = True
+            if eval_due and step % state.eval_steps != 0:  # evaluate the final model once
+                control.should_evaluate = True
+            if args.save_strategy == "steps":
+                control.should_save = True
+        return control
 
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        """Evaluation has its own bar, below the training one."""
-        if not state.is_world_process_zero or not self._interactive(args):
-            return
-        if self.eval_bar is None:
-            from tqdm.auto import tqdm
-
-            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
-            self.eval_bar = tqdm(total=total, desc="eval", unit="batch", leave=False, file=self.stream,
-                                 position=1 if self.bar is not None else 0, dynamic_ncols=True)
-        self.eval_bar.update(1)
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if self.eval_bar is not None:
-            self.eval_bar.close()
-            self.eval_bar = None
-
-    def on_predict(self, args, state, control, metrics=None, **kwargs):
-        self.on_evaluate(args, state, control)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        shown = {k: v for k, v in logs.items() if k not in ("step",) and not k.endswith("_runtime")}
-        if self.bar is not None and "loss" in logs:
-            self.bar.set_postfix({k: _fmt(v) for k, v in shown.items() if k in ("loss", "learning_rate", "tokens_per_second", "epoch")})
-        else:
-            line = " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
-            where = f"step {state.global_step}/{state.max_steps} " if state.max_steps else ""
-            self._write(where + line)
-
-    def _write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=self.stream)
-        else:
-            print(line, file=self.stream, flush=True)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if args.logging_strategy == "epoch":
+            control.should_log = True
+        if args.eval_strategy == "epoch" and args.eval_delay <= state.epoch:
+            control.should_evaluate = True
+        if args.save_strategy == "epoch":
+            control.should_save = True
+        return control
 
 
-class JsonlLoggerCallback(TrainerCallback):
-    """Appends every logged record, as one JSON object a line, to output_dir/log.jsonl."""
-
-    def __init__(self) -> None:
-        self.sealed = False
+class PrinterCallback(TrainerCallback):
+    """Prints every log record as a dict (transformers' bare logger)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        os.makedirs(args.output_dir, exist_ok=True)
-        record = {"step": state.global_step, "epoch": round(state.epoch, 4), "time": round(time.time(), 3), **logs}
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        path = os.path.join(args.output_dir, "log.jsonl")
-        with open(path, "a+b") as f:
-            if not self.sealed:  # a killed run may have left half a line: end it, so it stands alone
-                self.sealed = True
-                if f.tell() > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")
-            f.write((json.dumps(record) + "\n").encode("utf-8"))
+        logs = dict(logs or {})
+        logs.pop("total_flos", None)
+        if state.is_local_process_zero:
+            print({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()})
 
 
-class TensorBoardCallback(TrainerCallback):
-    """Writes scalar logs to args.logging_dir through torch's SummaryWriter."""
+class EarlyStoppingCallback(TrainerCallback, ExportableState):
+    """Stops training when metric_for_best_model has not improved (by more than `threshold`) against
+    state.best_metric for `patience` evaluations. Its counter is saved in checkpoints."""
 
-    def __init__(self) -> None:
-        self.writer = None
+    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: Optional[float] = 0.0) -> None:
+        self.early_stopping_patience = early_stopping_patience
+        self.early_stopping_threshold = early_stopping_threshold or 0.0
+        self.early_stopping_patience_counter = 0
+
+    def check_metric_value(self, args, state, control, metric_value: float) -> None:
+        best = state.best_metric  # the Trainer updates it after the callbacks have seen this evaluation
+        better = best is None or (metric_value > best if args.greater_is_better else metric_value < best)
+        if best is None or (better and abs(metric_value - best) > self.early_stopping_threshold):
+            self.early_stopping_patience_counter = 0
+        else:
+            self.early_stopping_patience_counter += 1
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+        if not args.load_best_model_at_end:
+            logger.warning("EarlyStoppingCallback without load_best_model_at_end=True: the best model will not "
+                           "be loaded at the end.")
+        if args.metric_for_best_model is None or args.eval_strategy == "no":
+            from ..errors import ConfigError
 
-            self.writer = SummaryWriter(log_dir=args.logging_dir)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.writer is None or not logs:
-            return
-        for key, value in logs.items():
-            if isinstance(value, (int, float)):
-                tag = key.replace("eval_", "eval/", 1) if key.startswith("eval_") else f"train/{key}"
-                self.writer.add_scalar(tag, value, state.global_step)
-        self.writer.flush()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-class EarlyStoppingCallback(TrainerCallback):
-    """Stops training when metric_for_best_model has not improved by `threshold` for `patience` evaluations."""
-
-    def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float = 0.0) -> None:
-        self.patience = early_stopping_patience
-        self.threshold = early_stopping_threshold
-        self.bad_evals = 0
-        self.best: Optional[float] = None
+            raise ConfigError("EarlyStoppingCallback needs metric_for_best_model and an eval_strategy of steps or "
+                              "epoch; set both.")
 
     def on_evaluate(self, args, state, control, metrics: Optional[Dict[str, float]] = None, **kwargs):
         name = args.metric_for_best_model or "loss"
         key = name if name.startswith("eval_") else f"eval_{name}"
         value = (metrics or {}).get(key)
         if value is None:
+            logger.warning("early stopping needs %s, which the evaluation did not return; it is disabled", key)
             return
-        sign = 1 if args.greater_is_better else -1
-        if self.best is None or sign * (value - self.best) > self.threshold:
-            self.best, self.bad_evals = value, 0
-        else:
-            self.bad_evals += 1
-            if self.bad_evals >= self.patience:
-                control.should_training_stop = True
+        self.check_metric_value(args, state, control, value)
+        if self.early_stopping_patience_counter >= self.early_stopping_patience:
+            control.should_training_stop = True
+
+    def state(self) -> dict:
+        return {"args": {"early_stopping_patience": self.early_stopping_patience,
+                         "early_stopping_threshold": self.early_stopping_threshold},
+                "attributes": {"early_stopping_patience_counter": self.early_stopping_patience_counter}}
 
 
-class SampleCallback(TrainerCallback):
-    """Prints a short generation from `prompt` after each evaluation, to watch a causal LM learn."""
-
-    def __init__(self, tokenizer: Any, prompt: str, max_new_tokens: int = 40) -> None:
-        self.tokenizer, self.prompt, self.max_new_tokens = tokenizer, prompt, max_new_tokens
-
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if model is None or not state.is_world_process_zero:
-            return
-        import torch
-
-        device = next(model.parameters()).device
-        ids = self.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(device)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-            torch.manual_seed(args.seed)
-            out = model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=True, top_k=50,
-                                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        model.train(was_training)
-        text = self.tokenizer.decode(out[0], skip_special_tokens=True)
-        print(f"sample at step {state.global_step}: {text!r}", flush=True)
-
-
-class WandbCallback(TrainerCallback):
-    """Logs every record to Weights & Biases (project from WANDB_PROJECT, default lmtrain)."""
-
-    def __init__(self) -> None:
-        import wandb
-
-        self.wandb = wandb
-        self.run = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.run is None:
-            self.run = self.wandb.init(project=os.environ.get("WANDB_PROJECT", "lmtrain"),
-                                       name=args.run_name or os.path.basename(os.path.abspath(args.output_dir)),
-                                       config=args.to_dict())
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.run is not None and logs:
-            self.run.log({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.run is not None:
-            self.run.finish()
-            self.run = None
-
-
-class MLflowCallback(TrainerCallback):
-    """Logs the arguments as parameters and every record as metrics to MLflow."""
-
-    def __init__(self) -> None:
-        import mlflow
-
-        self.mlflow = mlflow
-        self.active = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and not self.active:
-            self.mlflow.start_run(run_name=args.run_name or os.path.basename(os.path.abspath(args.output_dir)))
-            self.mlflow.log_params({k: str(v)[:250] for k, v in args.to_dict().items()})
-            self.active = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.active and logs:
-            self.mlflow.log_metrics({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))},
-                                    step=state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.active:
-            self.mlflow.end_run()
-            self.active = False
-
-
-_INTEGRATIONS = {"tensorboard": (TensorBoardCallback, "tensorboard"), "wandb": (WandbCallback, "wandb"),
-                 "mlflow": (MLflowCallback, "mlflow")}
-
-
-def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
-    """Callbacks for `report_to`; an integration whose package is missing is skipped with one warning."""
-    import importlib.util
-
-    wanted = set(report_to)
-    if "all" in wanted:  # transformers: every integration that is installed
-        wanted = {name for name, (_, pkg) in _INTEGRATIONS.items() if importlib.util.find_spec(pkg)}
-    out: List[TrainerCallback] = []
-    for name in sorted(wanted - {"jsonl"}):
-        cls, package = _INTEGRATIONS[name]
-        if importlib.util.find_spec(package) is None:
-            print(f"warning: report_to={name} but the {package} package is not installed; skipping it "
-                  f"(pip install {package}).", file=sys.stderr)
+def callback_states(callbacks: List[Any], control: TrainerControl) -> Dict[str, Any]:
+    """`stateful_callbacks` of a checkpoint: class name -> state (a list when there are several)."""
+    out: Dict[str, Any] = {}
+    for cb in [*callbacks, control]:
+        if not isinstance(cb, ExportableState):
             continue
-        out.append(cls())
+        name = type(cb).__name__
+        if name in out:
+            out[name] = (out[name] if isinstance(out[name], list) else [out[name]]) + [cb.state()]
+        else:
+            out[name] = cb.state()
     return out
+
+
+def restore_callback_states(saved: Dict[str, Any], handler: CallbackHandler, control: TrainerControl) -> None:
+    """Give the Trainer's stateful callbacks (and control) the states a checkpoint saved, in order."""
+    for name, states in (saved or {}).items():
+        states = states if isinstance(states, list) else [states]
+        targets = [cb for cb in [*handler.callbacks, control] if type(cb).__name__ == name
+                   and isinstance(cb, ExportableState)]
+        for cb, st in zip(targets, states):
+            for key, value in {**st.get("args", {}), **st.get("attributes", {})}.items():
+                setattr(cb, key, value)

@@ -90,7 +90,7 @@ class ResumableBatchSampler(Sampler[List[int]]):
     """
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, data_seed: int, drop_last: bool,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, lengths: Optional[Sequence[int]] = None) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -100,6 +100,7 @@ class ResumableBatchSampler(Sampler[List[int]]):
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
+        self.lengths = lengths
 
     def set_position(self, epoch: int, start_batch: int) -> None:
         self.epoch, self.start = epoch, start_batch
@@ -114,6 +115,8 @@ class ResumableBatchSampler(Sampler[List[int]]):
         if not self.shuffle:
             return torch.arange(self.num_samples)
         g = torch.Generator().manual_seed(self.data_seed * 1_000 + self.epoch)
+        if self.lengths is not None:
+            return length_grouped_order(self.lengths, self.batch_size * self.world_size, g)
         return torch.randperm(self.num_samples, generator=g)
 
     def __iter__(self) -> Iterator[List[int]]:
@@ -125,6 +128,29 @@ class ResumableBatchSampler(Sampler[List[int]]):
             if self.world_size == 1:  # one process: the last batch is short rather than wrapped
                 idx = order[lo: min(lo + self.batch_size, n)]
             yield [batch_seed(self.data_seed, self.epoch, b * self.world_size + self.rank), *idx]
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """transformers' group_by_length order: a random permutation cut into mega-batches of up to 50
+    batches, each sorted longest first, with the longest batch of all moved to the front (so an
+    out-of-memory error shows up on the first step, not in the middle of the run)."""
+    n = len(lengths)
+    mult = max(1, min(n // (batch_size * 4), 50))
+    perm = torch.randperm(n, generator=generator).tolist()
+    mega = mult * batch_size
+    groups = [sorted(perm[i: i + mega], key=lambda j: -lengths[j]) for i in range(0, n, mega)]
+    if groups:
+        heads = [lengths[g[0]] for g in groups]
+        top = heads.index(max(heads))
+        groups[0][0], groups[top][0] = groups[top][0], groups[0][0]
+    return torch.tensor([i for g in groups for i in g], dtype=torch.long)
+
+
+def example_lengths(dataset: Any, column: str = "length") -> List[int]:
+    """Length of each example: the `column` of a dataset that has it, else len(input_ids)."""
+    if column in (dataset_columns(dataset) or []):
+        return [int(v) for v in dataset[column]]
+    return [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
 
 
 class SeededFetch(Dataset):
@@ -176,6 +202,8 @@ def make_loader(
     prefetch_factor: Optional[int] = None,
     rank: int = 0,
     world_size: int = 1,
+    lengths: Optional[Sequence[int]] = None,
+    multiprocessing_context: Optional[str] = None,
 ) -> DataLoader:
     """A DataLoader over `dataset`; map-style datasets get the resumable, seeded order."""
     extra: Dict[str, Any] = {}
@@ -183,12 +211,14 @@ def make_loader(
         extra["persistent_workers"] = persistent_workers
         if prefetch_factor:
             extra["prefetch_factor"] = prefetch_factor
+        if multiprocessing_context:
+            extra["multiprocessing_context"] = multiprocessing_context
     # A private generator: creating an iterator must not consume the global RNG (exact resume).
     generator = torch.Generator().manual_seed(data_seed)
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collator, drop_last=drop_last,
                           num_workers=num_workers, pin_memory=pin_memory, generator=generator, **extra)
-    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle, data_seed, drop_last, rank, world_size)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle, data_seed, drop_last, rank, world_size, lengths)
     return DataLoader(SeededFetch(dataset), batch_sampler=sampler, collate_fn=SeededCollate(collator),
                       num_workers=num_workers, pin_memory=pin_memory, generator=generator, **extra)
 

@@ -1,17 +1,22 @@
-"""Evaluation loop: token-weighted loss over the whole set, optional predictions and user metrics."""
+"""Evaluation loop: loss over the whole set, optional predictions and user metrics.
+
+The loop takes a `step` function: for one batch it returns the batch's loss *sum* and the weight it
+stands for, plus predictions and labels. lmtrain's own step gives (sum of token losses, label tokens),
+so `eval_loss` is token-weighted and does not depend on the batch size; a Trainer whose
+`compute_loss` or `prediction_step` is overridden goes through transformers' route instead (batch mean
+loss weighted by the eval batch size), so its numbers match transformers'.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from .data import batch_tokens, to_device
-from .loss import count_label_tokens
 
 
 class EvalPrediction:
@@ -22,12 +27,16 @@ class EvalPrediction:
         self.label_ids = label_ids
         self.inputs = inputs
         self.losses = losses
+        self.elements = (predictions, label_ids) + tuple(x for x in (inputs, losses) if x is not None)
 
     def __iter__(self):
-        return iter((self.predictions, self.label_ids))
+        return iter(self.elements)
 
     def __getitem__(self, i: int) -> Any:
-        return (self.predictions, self.label_ids)[i]
+        return self.elements[i]
+
+    def __len__(self) -> int:
+        return len(self.elements)
 
 
 class PredictionOutput(NamedTuple):
@@ -43,41 +52,69 @@ class EvalLoopOutput(NamedTuple):
     num_samples: int
 
 
-def _pad_concat(a: np.ndarray, b: np.ndarray, pad: int = -100) -> np.ndarray:
-    """Concatenate along the batch axis, padding the second axis when lengths differ (like transformers)."""
+class StepOutput(NamedTuple):
+    """One evaluation batch: loss sum (a device tensor, or None), its weight, predictions, labels."""
+
+    loss_sum: Optional[torch.Tensor]
+    weight: float
+    logits: Any
+    labels: Any
+
+
+def _to_numpy(t: Any) -> Any:
+    if isinstance(t, (list, tuple)):
+        return type(t)(_to_numpy(x) for x in t)
+    if isinstance(t, dict):
+        return {k: _to_numpy(v) for k, v in t.items()}
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        t = t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
+        return np.atleast_1d(t.cpu().numpy())  # one number per batch (or example) still concatenates
+    return t
+
+
+def pad_concat(a: Any, b: Any, pad: int = -100) -> Any:
+    """Concatenate along the batch axis, padding the second axis when lengths differ (as transformers);
+    tuples, lists and dicts of arrays are concatenated element by element."""
+    if isinstance(a, (list, tuple)):
+        return type(a)(pad_concat(x, y, pad) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return {k: pad_concat(a[k], b[k], pad) for k in a}
     if a.ndim < 2 or a.shape[1:] == b.shape[1:]:
         return np.concatenate([a, b], axis=0)
     shape = (a.shape[0] + b.shape[0], max(a.shape[1], b.shape[1]), *a.shape[2:])
     out = np.full(shape, pad, dtype=np.result_type(a.dtype, b.dtype))
     out[: a.shape[0], : a.shape[1]] = a
-    out[a.shape[0] :, : b.shape[1]] = b
+    out[a.shape[0]:, : b.shape[1]] = b
     return out
 
 
-@dataclass
-class _Gatherer:
-    """Collects tensors on the device, moving them to host numpy every `every` batches."""
+class Gatherer:
+    """Collects per-batch outputs on the device, moving them to host numpy every `every` batches."""
 
-    every: Optional[int]
-    on_device: Optional[List[torch.Tensor]] = None
-    on_host: Optional[np.ndarray] = None
+    def __init__(self, every: Optional[int], concat: bool = True) -> None:
+        self.every, self.concat = every, concat
+        self.on_device: List[Any] = []
+        self.on_host: Any = None
 
-    def add(self, t: torch.Tensor) -> None:
-        if self.on_device is None:
-            self.on_device = []
-        self.on_device.append(t)
+    def add(self, t: Any) -> None:
+        if t is not None:
+            self.on_device.append(t)
 
     def flush(self) -> None:
-        for t in self.on_device or []:
-            arr = t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-            self.on_host = arr if self.on_host is None else _pad_concat(self.on_host, arr)
-        self.on_device = None
+        for t in self.on_device:
+            arr = _to_numpy(t)
+            if not self.concat:
+                self.on_host = (self.on_host or []) + [arr]
+            else:
+                self.on_host = arr if self.on_host is None else pad_concat(self.on_host, arr)
+        self.on_device = []
 
     def maybe_flush(self, batches_seen: int) -> None:
         if self.every and batches_seen % self.every == 0:
             self.flush()
 
-    def result(self) -> Optional[np.ndarray]:
+    def result(self) -> Any:
         self.flush()
         return self.on_host
 
@@ -87,70 +124,104 @@ def evaluation_loop(
     dataloader: Any,
     *,
     device: torch.device,
-    autocast: Callable[[], Any],
-    shift: int,
-    loss_fn: Callable[[torch.nn.Module, Dict[str, Any]], tuple],
-    label_names: List[str],
+    step: Callable[[torch.nn.Module, Dict[str, Any]], StepOutput],
     prediction_loss_only: bool,
-    eval_accumulation_steps: Optional[int],
-    compute_metrics: Optional[Callable[[EvalPrediction], Dict[str, float]]] = None,
-    preprocess_logits_for_metrics: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+    eval_accumulation_steps: Optional[int] = None,
+    compute_metrics: Optional[Callable[..., Dict[str, float]]] = None,
+    preprocess_logits_for_metrics: Optional[Callable[[Any, Any], Any]] = None,
     bytes_per_token: Optional[float] = None,
     metric_key_prefix: str = "eval",
     on_batch: Optional[Callable[[], None]] = None,
+    concat_batches: bool = True,
+    include_for_metrics: Optional[List[str]] = None,
+    batch_eval_metrics: bool = False,
+    nan_inf_filter: bool = True,
+    main_input_name: str = "input_ids",
 ) -> EvalLoopOutput:
-    """Run `model` over `dataloader` without gradients.
+    """Run `step` over `dataloader` without gradients; loss = sum of loss sums / sum of weights.
 
-    `loss_fn(model, batch)` returns (sum of token losses, logits or None); sums and label-token counts
-    stay on the device until the end, so the loss is exact and costs one synchronisation.
+    `nan_inf_filter` (transformers' logging_nan_inf_filter): batches whose loss is not finite are left
+    out of the mean, as long as some batch is finite.
     """
     model.eval()
     start = time.perf_counter()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    label_tokens = 0
-    input_tokens = 0
-    num_samples = 0
-    want_preds = not prediction_loss_only
-    preds, labels = _Gatherer(eval_accumulation_steps), _Gatherer(eval_accumulation_steps)
-    label_key = label_names[0] if label_names else "labels"
-    has_labels = False
-    step = 0
+    include = set(include_for_metrics or [])
+    loss_sums: List[torch.Tensor] = []
+    weights: List[float] = []
+    input_tokens = num_samples = batches = 0
+    gather = [Gatherer(eval_accumulation_steps, concat_batches) for _ in range(4)]
+    preds, labels, inputs_g, losses_g = gather
+    metrics: Dict[str, float] = {}
     with torch.no_grad():
-        for step, batch in enumerate(dataloader, start=1):
-            host_labels = batch.get(label_key)
+        for batches, batch in enumerate(dataloader, start=1):
             num_samples += len(next(iter(batch.values())))
             input_tokens += batch_tokens(batch)
             batch = to_device(batch, device)
-            with autocast():
-                batch_loss, logits = loss_fn(model, batch)
-            if host_labels is not None:
-                has_labels = True
-                label_tokens += count_label_tokens(host_labels, shift)
-                loss_sum += batch_loss.double()
-            if want_preds and logits is not None:
-                if preprocess_logits_for_metrics is not None:
-                    logits = preprocess_logits_for_metrics(logits, batch.get(label_key))
-                preds.add(logits.detach())
-                if host_labels is not None:
-                    labels.add(batch[label_key].detach())
-                preds.maybe_flush(step)
-                labels.maybe_flush(step)
+            out = step(model, batch)
+            if out.loss_sum is not None:
+                loss_sums.append(out.loss_sum.detach().double().reshape(()))
+                weights.append(out.weight)
+            logits = None if prediction_loss_only else out.logits
+            if logits is not None and preprocess_logits_for_metrics is not None:
+                logits = preprocess_logits_for_metrics(logits, out.labels)
+            keep_all = not batch_eval_metrics
+            if logits is not None and keep_all:
+                preds.add(logits)
+                labels.add(None if out.labels is None else _detach(out.labels))
+                if "inputs" in include:
+                    inputs_g.add(batch.get(main_input_name))
+                if "loss" in include and out.loss_sum is not None:
+                    losses_g.add((out.loss_sum / max(out.weight, 1)).reshape(1))
+            if batch_eval_metrics and compute_metrics is not None and logits is not None and out.labels is not None:
+                last = hasattr(dataloader, "__len__") and batches == len(dataloader)
+                metrics = compute_metrics(EvalPrediction(logits, out.labels), compute_result=last)
+            for g in gather:
+                g.maybe_flush(batches)
             if on_batch is not None:
                 on_batch()
     runtime = time.perf_counter() - start
-    metrics: Dict[str, float] = {}
-    if has_labels and label_tokens > 0:
-        loss = float(loss_sum) / label_tokens
-        metrics["loss"] = loss
-        metrics["perplexity"] = math.exp(loss) if loss < 700 else float("inf")
-        if bytes_per_token:
-            metrics["bits_per_byte"] = loss / math.log(2) / bytes_per_token
+    if loss_sums:
+        sums = torch.stack(loss_sums).cpu().numpy()  # one synchronisation for the whole set
+        w = np.asarray(weights, dtype=np.float64)
+        finite = np.isfinite(sums)
+        if nan_inf_filter and finite.any():
+            sums, w = sums[finite], w[finite]
+        if w.sum() > 0:
+            loss = float(sums.sum() / w.sum())
+            metrics["loss"] = loss
+            metrics["perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+            if bytes_per_token:
+                metrics["bits_per_byte"] = loss / math.log(2) / bytes_per_token
     predictions, label_ids = preds.result(), labels.result()
-    if compute_metrics is not None and predictions is not None and label_ids is not None:
-        metrics.update(compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids)))
+    if compute_metrics is not None and not batch_eval_metrics and predictions is not None and label_ids is not None:
+        extra = {"inputs": inputs_g.result() if "inputs" in include else None,
+                 "losses": losses_g.result() if "loss" in include else None}
+        metrics.update(compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids, **extra)))
+    metrics = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
     metrics["runtime"] = round(runtime, 4)
     metrics["samples_per_second"] = round(num_samples / runtime, 3) if runtime > 0 else 0.0
-    metrics["steps_per_second"] = round(step / runtime, 3) if runtime > 0 and num_samples else 0.0
+    metrics["steps_per_second"] = round(batches / runtime, 3) if runtime > 0 and num_samples else 0.0
     metrics["tokens_per_second"] = round(input_tokens / runtime, 1) if runtime > 0 else 0.0
     prefixed = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
     return EvalLoopOutput(predictions, label_ids, prefixed, num_samples)
+
+
+def _detach(t: Any) -> Any:
+    if isinstance(t, (list, tuple)):
+        return type(t)(_detach(x) for x in t)
+    return t.detach() if isinstance(t, torch.Tensor) else t
+
+
+def outputs_to_predictions(outputs: Any, has_loss: bool, ignore_keys: List[str]) -> Any:
+    """transformers' rule for what a model output contributes as predictions: every entry but the loss
+    (and `ignore_keys`, e.g. past_key_values), a single tensor when only one is left."""
+    if isinstance(outputs, dict):
+        logits = tuple(v for k, v in outputs.items() if k not in [*ignore_keys, "loss"])
+    elif isinstance(outputs, (tuple, list)):
+        logits = tuple(outputs[1:] if has_loss else outputs)
+    else:
+        logits = (outputs,)
+    logits = tuple(_detach(v) for v in logits if v is not None)
+    if not logits:
+        return None
+    return logits[0] if len(logits) == 1 else logits

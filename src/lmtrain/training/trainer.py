@@ -1,49 +1,58 @@
 """`Trainer`: the transformers-compatible facade over lmtrain's loop.
 
-The facade holds the pieces (model, data, optimizer, callbacks, state) and `train()` reads top to
-bottom: plan the run, restore a checkpoint, then for each optimizer step call `training_step` on its
-micro-batches, step the optimizer, and let `_after_step` log, evaluate and save. Device and precision
-differences live in `lmtrain.distributed.Runtime`; checkpoints, evaluation and data order have their
-own modules.
+The facade holds the pieces (model, data, optimizer, callbacks, state) and exposes transformers'
+overridable methods (`compute_loss`, `training_step`, `prediction_step`, `create_optimizer`,
+`create_scheduler`, `get_train_dataloader`, `log`, `evaluate`...). `train()` plans the run, restores a
+checkpoint and hands over to `loop.run_training`, which calls those methods in transformers' event
+order. Device and precision differences live in `lmtrain.distributed.Runtime`; checkpoints, evaluation,
+data order and hyperparameter search have their own modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from ..args import TrainingArguments
-from ..distributed import full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, wrap_model
+from ..distributed import full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, unwrap, wrap_model
 from ..errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
-from .callbacks import (CallbackHandler, JsonlLoggerCallback, ProgressCallback, TrainerControl,
-                        reporting_callbacks)
-from .data import KeepColumns, batch_tokens, drop_unused_columns, forward_columns, make_loader, to_device
-from .evaluate import EvalLoopOutput, PredictionOutput, evaluation_loop
+from . import optim
+from .callbacks import (CallbackHandler, DefaultFlowCallback, TrainerControl, callback_states,
+                        restore_callback_states)
+from .data import KeepColumns, drop_unused_columns, example_lengths, forward_columns, make_loader, to_device
+from .evaluate import EvalLoopOutput, PredictionOutput, StepOutput, evaluation_loop, outputs_to_predictions
+from .flops import mfu_scale
+from .loop import run_training
 from .loss import count_label_tokens, label_shift, output_logits, token_loss_sum
-from .optim import build_optimizer, build_scheduler, current_lr
 from .plan import RunPlan, describe_run, set_seed
+from .reporting import JsonlLoggerCallback, ProgressCallback, reporting_callbacks
 from .results import format_metrics, save_metrics, write_model_card
 from .signals import StopRequest
 from .state import TrainState
 from .steps import StepFeed
 from .window import LogWindow
-from .flops import mfu_scale
-
 
 # TrainState fields that describe this run (its plan and process roles), not the saved progress
 _RUN_FIELDS = ("max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps", "train_batch_size",
-               "is_world_process_zero", "is_local_process_zero")
+               "is_world_process_zero", "is_local_process_zero", "is_hyper_param_search", "trial_name", "trial_params")
 
 
 class TrainOutput(NamedTuple):
     global_step: int
     training_loss: float
     metrics: Dict[str, float]
+
+
+def _overrides(obj: Any, name: str) -> bool:
+    """Whether a subclass of Trainer replaced method `name`."""
+    return getattr(type(obj), name) is not getattr(Trainer, name)
 
 
 class Trainer:
@@ -56,46 +65,74 @@ class Trainer:
         data_collator: Optional[Callable] = None,
         train_dataset: Any = None,
         eval_dataset: Any = None,
-        tokenizer: Any = None,
-        model_init: Optional[Callable[[], torch.nn.Module]] = None,
+        processing_class: Any = None,
+        model_init: Optional[Callable[..., torch.nn.Module]] = None,
+        compute_loss_func: Optional[Callable] = None,
         compute_metrics: Optional[Callable] = None,
         callbacks: Optional[List[Any]] = None,
         optimizers: Tuple[Any, Any] = (None, None),
+        optimizer_cls_and_kwargs: Optional[Tuple[type, Dict[str, Any]]] = None,
         preprocess_logits_for_metrics: Optional[Callable] = None,
-        processing_class: Any = None,
+        tokenizer: Any = None,
         **unused: Any,
     ) -> None:
         self.args = args if args is not None else TrainingArguments()
         self.rt = setup_runtime(self.args)
-        set_seed(self.args.seed)  # before model_init, so a fresh model is reproducible
+        _apply_log_level(self.args, self.rt.is_main)
+        set_seed(self.args.seed, deterministic=self.args.full_determinism)  # before model_init: reproducible
+        self.model_init = model_init
         if model is None:
             if model_init is None:
                 raise ConfigError("Trainer needs a model: pass model=... or model_init=....")
-            model = model_init()
-        self.model_init = model_init
-        self.model = model.to(self.rt.device)
-        if self.args.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
-            self.model.gradient_checkpointing_enable()
+            model = self.call_model_init()
+        self._set_model(model)
         self.processing_class = processing_class if processing_class is not None else tokenizer
         self.data_collator = data_collator or _default_collator(self.processing_class)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.compute_metrics = compute_metrics
+        self.compute_loss_func = compute_loss_func
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        self._created_lr_scheduler = False
         self.label_names = list(self.args.label_names or ["labels"])
-        self.shift = label_shift(self.model)
-        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        # None: decide from the model (transformers' rule); True/False: what a custom compute_loss returns
+        self.loss_is_scaled_for_ga: Optional[bool] = None
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
+        self.current_flos = 0.0
+        self.is_in_train = False
+        self.hp_search_backend: Any = None
+        self.hp_name: Optional[Callable] = None
+        self._trial: Any = None
+        self.interrupted: Optional[str] = None
+        self._last_logged_step = 0
         # compiled, the float32 upcast and the cross-entropy fuse: the fp32 logits are never stored
         self._loss_sum = torch.compile(token_loss_sum, dynamic=False) if self.args.torch_compile else token_loss_sum
         self.state = TrainState(is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
         self.control = TrainerControl()
-        default_cbs = [ProgressCallback(), JsonlLoggerCallback(), *reporting_callbacks(self.args.report_to)]
-        self.callback_handler = CallbackHandler(default_cbs + list(callbacks or []), model=self.model,
-                                                processing_class=self.processing_class)
+        default_cbs = [DefaultFlowCallback(), ProgressCallback(), JsonlLoggerCallback(),
+                       *reporting_callbacks(self.args.report_to)]
+        self.callback_handler = CallbackHandler(default_cbs + list(callbacks or []), self.model,
+                                                self.processing_class, self.optimizer, self.lr_scheduler)
         self.ignored_kwargs = sorted(unused)
-        self.interrupted: Optional[str] = None
+        self.refuse_existing_checkpoints = False  # the CLI refuses; the library warns, as transformers trains on
         self.control = self._fire("on_init_end")
+
+    def _set_model(self, model: torch.nn.Module) -> None:
+        args = self.args
+        self.model = model.to(self.rt.device)
+        self.model_wrapped = self.model
+        config = getattr(self.model, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = args.use_cache
+        if args.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
+            kwargs = {"gradient_checkpointing_kwargs": args.gradient_checkpointing_kwargs} \
+                if args.gradient_checkpointing_kwargs else {}
+            self.model.gradient_checkpointing_enable(**kwargs)
+        self.shift = label_shift(self.model)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.model_accepts_loss_kwargs = _accepts_loss_kwargs(self.model)
 
     # ---- transformers-compatible small API ------------------------------------------------------
 
@@ -104,19 +141,50 @@ class Trainer:
         return self.processing_class
 
     def add_callback(self, callback: Any) -> None:
-        self.callback_handler.add(callback)
+        self.callback_handler.add_callback(callback)
 
     def pop_callback(self, callback: Any) -> Any:
-        return self.callback_handler.pop(callback)
+        return self.callback_handler.pop_callback(callback)
 
     def remove_callback(self, callback: Any) -> None:
-        self.callback_handler.remove(callback)
+        self.callback_handler.remove_callback(callback)
 
     def is_world_process_zero(self) -> bool:
         return self.rt.is_main
 
     def is_local_process_zero(self) -> bool:
         return self.rt.local_rank == 0
+
+    def call_model_init(self, trial: Any = None) -> torch.nn.Module:
+        """`model_init()` or `model_init(trial)`, as transformers calls it."""
+        takes_trial = len(inspect.signature(self.model_init).parameters) >= 1
+        model = self.model_init(trial) if takes_trial else self.model_init()
+        if model is None:
+            raise ConfigError("model_init returned None; it must return a model.")
+        return model
+
+    def get_num_trainable_parameters(self) -> int:
+        return optim.trainable_parameters(self.model.parameters())
+
+    def get_learning_rates(self) -> List[float]:
+        if self.optimizer is None:
+            raise ConfigError("the optimizer is not created yet; call create_optimizer() or train() first.")
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def num_examples(self, dataloader: Any) -> int:
+        """Examples a dataloader reads: the dataset's length, else batches x batch size."""
+        try:
+            return len(dataloader.dataset)
+        except (TypeError, AttributeError):
+            return len(dataloader) * self.args.per_device_train_batch_size
+
+    def floating_point_ops(self, inputs: Dict[str, Any]) -> int:
+        """Forward+backward FLOPs of a batch, from the model's own estimate (0 when it has none)."""
+        counter = getattr(unwrap(self.model), "floating_point_ops", None)
+        return int(counter(inputs)) if counter is not None else 0
+
+    def store_flos(self) -> None:
+        """transformers keeps per-step FLOPs apart; lmtrain adds them to state.total_flos when it logs."""
 
     def _fire(self, event: str, **kwargs: Any) -> TrainerControl:
         return self.callback_handler.fire(event, self.args, self.state, self.control, **kwargs)
@@ -126,27 +194,33 @@ class Trainer:
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         """Record `logs` in the history and hand them to every callback (console, JSONL, TensorBoard)."""
-        logs = dict(logs)
         if self.state.epoch is not None:
-            logs.setdefault("epoch", round(self.state.epoch, 4))
+            logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen != "no":
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self.control = self._fire("on_log", logs=logs)
 
     # ---- data ---------------------------------------------------------------------------------
 
-    def _loader(self, dataset: Any, batch_size: int, shuffle: bool, description: str) -> Any:
+    def _loader(self, dataset: Any, batch_size: int, train: bool, description: str) -> Any:
         """Training batches are sharded over ranks; evaluation reads the whole set on every rank."""
         args = self.args
         collator = self.data_collator
         if args.remove_unused_columns:
             dataset = drop_unused_columns(dataset, self.model, self.label_names, description)
             collator = KeepColumns(collator, forward_columns(self.model, self.label_names))
+        shuffle = train and args.train_sampling_strategy != "sequential"
+        lengths = None
+        if train and args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "__len__"):
+            lengths = example_lengths(dataset, args.length_column_name)
         return make_loader(
             dataset, collator, batch_size, shuffle=shuffle, data_seed=args.data_seed,
-            drop_last=args.dataloader_drop_last and shuffle, num_workers=args.dataloader_num_workers,
+            drop_last=args.dataloader_drop_last and train, num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory and self.rt.device.type == "cuda",
             persistent_workers=args.dataloader_persistent_workers, prefetch_factor=args.dataloader_prefetch_factor,
-            rank=self.rt.rank if shuffle else 0, world_size=self.rt.world_size if shuffle else 1,
+            rank=self.rt.rank if train else 0, world_size=self.rt.world_size if train else 1, lengths=lengths,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
         )
 
     def get_train_dataloader(self) -> Any:
@@ -155,6 +229,8 @@ class Trainer:
         return self._loader(self.train_dataset, self.args.per_device_train_batch_size, True, "training dataset")
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        if isinstance(eval_dataset, str):  # transformers: the name of one of a dict of eval datasets
+            eval_dataset = self.eval_dataset[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ConfigError("evaluation needs an eval_dataset: pass it to Trainer(...) or to evaluate(...).")
@@ -163,27 +239,52 @@ class Trainer:
     def get_test_dataloader(self, test_dataset: Any) -> Any:
         return self.get_eval_dataloader(test_dataset)
 
+    def _prepare_inputs(self, inputs: Dict[str, Any]) -> Dict[str, Any]:
+        return to_device(inputs, self.rt.device)
+
     # ---- optimisation -------------------------------------------------------------------------
 
-    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+    get_optimizer_cls_and_kwargs = staticmethod(optim.get_optimizer_cls_and_kwargs)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> List[str]:
+        return optim.decay_parameter_names(model)
+
+    def create_optimizer(self, model: Optional[torch.nn.Module] = None) -> torch.optim.Optimizer:
+        """The optimizer of `args.optim` (or `optimizer_cls_and_kwargs`), unless one was passed in."""
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.args, self.rt.device)
+            self.optimizer = optim.build_optimizer(model or self.model, self.args, self.rt.device,
+                                                   self.optimizer_cls_and_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
+        """The schedule of `args.lr_scheduler_type` (with lr_scheduler_kwargs), unless one was passed in."""
         if self.lr_scheduler is None:
-            self.lr_scheduler = build_scheduler(self.optimizer, self.args.lr_scheduler_type,
-                                                self.args.get_warmup_steps(num_training_steps), num_training_steps)
+            self.lr_scheduler = optim.build_scheduler(optimizer or self.optimizer, self.args, num_training_steps)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+
+    def _custom_loss(self) -> bool:
+        return self.compute_loss_func is not None or _overrides(self, "compute_loss")
 
     def _forward(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, int, Any]:
-        """(sum of token losses, label tokens, outputs) for one batch.
+        """(sum of token losses, label tokens or -1 when not counted here, outputs) for one batch.
 
-        Language-model batches (labels shaped like input_ids) get the loss from the logits, so it can
-        be summed; other models compute their own mean loss, which is weighted back by its item count.
+        Language-model batches (labels shaped like input_ids), and any batch under label smoothing, get
+        the loss from the logits, so it can be summed; other models compute their own mean loss, which
+        is weighted back by its item count.
         """
         key = self.label_names[0]
         labels = inputs.get(key)
         ids = inputs.get("input_ids")
-        if labels is not None and ids is not None and labels.shape == ids.shape:
+        smoothing = self.args.label_smoothing_factor
+        if labels is not None and ((ids is not None and labels.shape == ids.shape) or smoothing):
             outputs = model(**{k: v for k, v in inputs.items() if k != key})
-            return self._loss_sum(output_logits(outputs), labels, self.shift), -1, outputs
+            shift = self.shift if labels.dim() > 1 else 0
+            return self._loss_sum(output_logits(outputs), labels, shift, smoothing), -1, outputs
         outputs = model(**inputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if labels is None:
@@ -193,11 +294,22 @@ class Trainer:
 
     def compute_loss(self, model: torch.nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Optional[int] = None):
-        """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`)."""
+        """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`).
+
+        With `compute_loss_func`, the model runs without labels and the function computes the loss from
+        (outputs, labels, num_items_in_batch=...), as in transformers.
+        """
+        if self.compute_loss_func is not None:
+            inputs = dict(inputs)
+            labels = inputs.pop(self.label_names[0], None)
+            outputs = model(**inputs)
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
         loss_sum, items, outputs = self._forward(model, inputs)
         if num_items_in_batch is None:
-            key = self.label_names[0]
-            num_items_in_batch = items if items >= 0 else count_label_tokens(inputs[key].cpu(), self.shift)
+            labels = inputs.get(self.label_names[0])
+            num_items_in_batch = items if items >= 0 else count_label_tokens(
+                labels.cpu(), self.shift if labels.dim() > 1 else 0)
         loss = loss_sum / max(int(num_items_in_batch), 1)
         return (loss, outputs) if return_outputs else loss
 
@@ -205,17 +317,29 @@ class Trainer:
                       num_items_in_batch: Optional[int] = None) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its share of the step loss (detached)."""
         model.train()
+        if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes
+            self.optimizer.train()
         with self.rt.autocast():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        # DDP averages gradients over ranks; the loss is already over the global token count, so undo that.
-        self.rt.backward(loss * self.rt.world_size if self.rt.distributed else loss)
+        if self._custom_loss():
+            # transformers' rule: a loss not already normalised over the step is divided by the micro-batches
+            scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
+                self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+            if not scaled:
+                loss = loss / self.current_gradient_accumulation_steps
+            self.rt.backward(loss)
+        else:
+            # DDP averages gradients over ranks; the loss is already over the global token count, so undo that.
+            spread = self.rt.distributed and self.args.average_tokens_across_devices
+            self.rt.backward(loss * self.rt.world_size if spread else loss)
         return loss.detach()
 
     def _label_tokens(self, micro_batches: List[Dict[str, Any]], stop: StopRequest) -> int:
         """Label tokens of the whole step over all ranks (counted on the host copies).
 
         Under torchrun the same all-reduce carries the stop flag, so that a SIGTERM seen by any rank
-        stops every rank after the same step.
+        stops every rank after the same step. With average_tokens_across_devices=False the count is
+        this rank's own.
         """
         key = self.label_names[0]
         local = 0
@@ -225,10 +349,11 @@ class Trainer:
         total, stops = self.rt.sum_ints(local, int(stop.signal is not None))
         if stops and stop.signal is None:
             stop.signal = "SIGTERM (on another rank)"
-        return total
+        return total if self.args.average_tokens_across_devices else local
 
-    def _optimizer_step(self, model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Unscale, clip, step, schedule. Returns (grad norm, skipped) as device tensors: no sync.
+    def _optimizer_step(self, model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor, float]:
+        """Unscale, clip, step, schedule. Returns (grad norm, skipped) as device tensors (no sync) and the
+        learning rate the step used.
 
         With nan_policy="skip" a step whose gradients are not finite changes nothing: the fused AdamW
         kernels take the flag on the device (`found_inf`, as GradScaler uses them); other optimizers
@@ -260,19 +385,35 @@ class Trainer:
         else:
             opt.step()
         self.control = self._fire("on_optimizer_step")
-        self.lr_scheduler.step()
+        lr = optim.current_lr(self.lr_scheduler if self.lr_scheduler is not None else opt)
+        if not optim.is_plateau(self.lr_scheduler):  # ReduceLROnPlateau steps after evaluations instead
+            self.lr_scheduler.step()
         opt.zero_grad(set_to_none=True)
         if hasattr(norm, "full_tensor"):  # FSDP: the norm is a DTensor
             norm = norm.full_tensor()
-        return norm.detach(), skipped
+        return norm.detach(), skipped, lr
 
-    # ---- the loop -------------------------------------------------------------------------------
+    # ---- the run --------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None,
               **kwargs: Any) -> TrainOutput:
         """Train for max_steps (or num_train_epochs); resume from a checkpoint when given one (or True)."""
+        from .hpsearch import apply_trial
+
         args = self.args
-        resume = ckpt.resolve_resume(resume_from_checkpoint, self.args, self.rt.is_main)
+        self.is_in_train = True
+        self._ignore_keys_for_eval = ignore_keys_for_eval
+        tracker = _memory_tracker(args)
+        if self.model_init is not None:  # transformers re-creates the model for every run
+            set_seed(args.seed, deterministic=args.full_determinism)
+            apply_trial(self, trial)
+            self._set_model(self.call_model_init(trial))
+            self.optimizer, self.lr_scheduler = None, None
+        elif trial is not None:
+            apply_trial(self, trial)
+        if self._created_lr_scheduler:  # a second train(): a new schedule over the new run's steps
+            self.lr_scheduler, self._created_lr_scheduler = None, False
+        resume = self._resolve_resume(False if resume_from_checkpoint is False else resume_from_checkpoint)
         loader = self.get_train_dataloader()
         plan = RunPlan.make(args, loader, self.train_dataset, world_size=self.rt.world_size)
         if args.fsdp and self.rt.distributed and not self.rt.fsdp:
@@ -280,121 +421,148 @@ class Trainer:
         elif args.fsdp and not self.rt.distributed:
             self.rt.notes.append("fsdp (one process: run under torchrun to shard)")
         self.create_optimizer_and_scheduler(plan.total_steps)
-        self.state = TrainState(max_steps=plan.total_steps, num_train_epochs=plan.num_epochs,
-                                logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
-                                save_steps=plan.save_steps, train_batch_size=args.per_device_train_batch_size,
-                                is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
-        this_run = {k: v for k, v in self.state.state_dict().items() if k in _RUN_FIELDS}
+        self.state = self._new_state(plan, trial)
         if resume is not None:
-            if self.rt.fsdp:  # full state dicts, scattered into the shards
-                load_full_state_dicts(self.model, self.optimizer, ckpt.read_model_state(resume),
-                                      ckpt.read_optimizer_state(resume), self.rt)
-            else:
-                ckpt.load_model_weights(self.model, resume)
-            ckpt.load_training_state(resume, optimizer=None if self.rt.fsdp else self.optimizer,
-                                     scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state)
-            # the saved counters and history continue; this run's plan and process roles are its own
-            self.state.load_state_dict(this_run)
+            self._restore(resume, plan)
         if self.rt.is_main:
             print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
-        model = wrap_model(self.model, self.rt, compile=args.torch_compile)
+        model = wrap_model(self.model, self.rt, args)
         self.model_wrapped = model
+        for name in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, name, getattr(self, name))
+        self.callback_handler.train_dataloader = loader
         window = LogWindow(self.rt.device, self.state, self.rt.rank)
+        window.nan_inf_filter = args.logging_nan_inf_filter and args.nan_policy == "ignore"
+        self._last_logged_step = self.state.global_step
         self._mfu_scale = mfu_scale(self.model, plan.seq_len, self.rt)
-        feed = StepFeed(self.state, args.gradient_accumulation_steps, self._fire_event,
-                        lambda: self.control.should_training_stop or self.state.global_step >= plan.total_steps)
-        self.control = self._fire("on_train_begin")
+        feed = StepFeed(self.state, args.gradient_accumulation_steps)
+        neftune = _activate_neftune(self.model, args.neftune_noise_alpha)
         start = time.perf_counter()
-        with StopRequest() as stop:
-            while True:
-                try:
-                    self._loop(model, feed(loader, plan), plan, window, stop)
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if not feed.halve_batch(args):
-                        raise
-                    if self.rt.is_main:
-                        print(f"out of memory: per_device_train_batch_size is now {args.per_device_train_batch_size}"
-                              f" with gradient_accumulation_steps {args.gradient_accumulation_steps} (same effective "
-                              f"batch); retrying step {self.state.global_step + 1}", flush=True)
-                    loader = self.get_train_dataloader()
-                    plan = dataclasses.replace(RunPlan.make(args, loader, self.train_dataset, self.rt.world_size),
-                                               total_steps=plan.total_steps)
-        runtime = time.perf_counter() - start
-        if window.steps:
-            self._log_window(window)
-        self._fire("on_train_end")
-        if stop.signal is not None:
-            self._stopped_by_signal(stop.signal)
-        if args.load_best_model_at_end and self.state.best_model_checkpoint and stop.signal is None:
-            ckpt.load_model_weights(self.model, self.state.best_model_checkpoint)
-        return self._train_output(plan, window, runtime)
+        try:
+            with StopRequest() as stop:
+                begin = True
+                while True:
+                    try:
+                        run_training(self, model, loader, plan, window, feed, stop, begin=begin)
+                        break
+                    except torch.cuda.OutOfMemoryError:
+                        self.optimizer.zero_grad(set_to_none=True)
+                        if not feed.halve_batch(args):
+                            raise
+                        if self.rt.is_main:
+                            print(f"out of memory: per_device_train_batch_size is now "
+                                  f"{args.per_device_train_batch_size} with gradient_accumulation_steps "
+                                  f"{args.gradient_accumulation_steps} (same effective batch); retrying step "
+                                  f"{self.state.global_step + 1}", flush=True)
+                        begin = False
+                        loader = self.get_train_dataloader()
+                        plan = dataclasses.replace(RunPlan.make(args, loader, self.train_dataset, self.rt.world_size),
+                                                   total_steps=plan.total_steps)
+        finally:
+            if neftune is not None:
+                neftune.remove()
+        return self._finish_training(plan, window, time.perf_counter() - start, stop, tracker)
 
-    def _loop(self, model: torch.nn.Module, steps: Iterator, plan: RunPlan, window: LogWindow,
-              stop: StopRequest) -> None:
-        """One optimizer step per iteration: forward/backward every micro-batch, step, then log/eval/save."""
-        if self.state.global_step >= plan.total_steps:
-            return  # resumed from the final checkpoint: nothing left to do
-        for epoch_end, micro_batches in steps:
-            self.control = self._fire("on_step_begin")
-            num_items = self._label_tokens(micro_batches, stop)
-            step_loss = torch.zeros((), device=self.rt.device)
-            for i, batch in enumerate(micro_batches):
-                window.tokens += batch_tokens(batch)
-                with self.rt.no_sync(model, last_micro_batch=i == len(micro_batches) - 1):
-                    step_loss += self.training_step(model, to_device(batch, self.rt.device), num_items)
-                self.control = self._fire("on_substep_end") if i < len(micro_batches) - 1 else self.control
-            grad_norm, skipped = self._optimizer_step(model)
-            window.add(step_loss, grad_norm, self.state.global_step + 1, skipped)
-            self.state.global_step += 1
-            self.state.epoch = self.state.data_epoch + self.state.batches_in_epoch / max(plan.batches_per_epoch, 1)
-            self.control = self._fire("on_step_end")
-            if stop.signal is not None:  # SIGTERM/SIGINT: this step is done; save it and leave
-                self.control.should_save = self.control.should_training_stop = True
-            self._after_step(plan, window, epoch_end)
-            if self.control.should_training_stop or self.state.global_step >= plan.total_steps:
-                break
+    def _resolve_resume(self, resume: Any) -> Optional[str]:
+        """The checkpoint to resume from; a fresh run into a folder with checkpoints warns (library) or
+        refuses (CLI), naming the flags that continue or replace them."""
+        args = self.args
+        if resume is False:
+            resume = None
+        existing = ckpt.list_checkpoints(args.output_dir)
+        fresh = resume is None and not args.resume_from_checkpoint and existing and not args.overwrite_output_dir
+        if fresh and self.refuse_existing_checkpoints:
+            raise ConfigError(
+                f"{args.output_dir} already holds checkpoints (latest {os.path.basename(existing[-1])}); pass "
+                f"--resume to continue it, or --overwrite_output_dir to start over.")
+        if fresh and self.rt.is_main:
+            print(f"warning: {args.output_dir} already holds {len(existing)} checkpoint(s); training from scratch "
+                  f"as transformers does (pass resume_from_checkpoint=True, or --resume_from_checkpoint "
+                  f"{existing[-1]}, to continue; --overwrite_output_dir to silence this).", file=sys.stderr)
+        return ckpt.resolve_resume(resume, args, self.rt.is_main, refuse_existing=False)
 
-    def _stopped_by_signal(self, name: str) -> None:
-        self.interrupted = name
-        if self.rt.is_main:
-            where = ckpt.latest_checkpoint(self.args.output_dir)
-            print(f"stopped by {name} after step {self.state.global_step}; saved {where}. Resume with "
-                  f"`lmtrain train ... --resume` or trainer.train(resume_from_checkpoint=True).", flush=True)
+    def _new_state(self, plan: RunPlan, trial: Any) -> TrainState:
+        args = self.args
+        state = TrainState(max_steps=plan.total_steps, num_train_epochs=plan.num_epochs,
+                           logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
+                           save_steps=plan.save_steps, train_batch_size=args.per_device_train_batch_size,
+                           is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
+        state.is_hyper_param_search = trial is not None
+        if trial is not None:
+            from .hpsearch import trial_params
 
-    def _after_step(self, plan: RunPlan, window: "LogWindow", epoch_end: bool) -> None:
-        """Decide, from the strategies and the callbacks' control flags, whether to log, evaluate, save."""
-        args, step = self.args, self.state.global_step
-        last = step >= plan.total_steps
-        if plan.due("logging", step, epoch_end) or (args.logging_first_step and step == 1) \
-                or (last and args.logging_strategy != "no"):
-            self.control.should_log = True
-        if plan.due("eval", step, epoch_end) and step > args.eval_delay:
-            self.control.should_evaluate = True
-        if plan.due("save", step, epoch_end) or (last and args.save_strategy != "no"):
-            self.control.should_save = True
-        if self.control.should_log:
-            self._log_window(window)
+            state.trial_params = trial_params(trial)
+            state.trial_name = self.hp_name(trial) if self.hp_name is not None else None
+        state.stateful_callbacks = callback_states(self.callback_handler.callbacks, self.control)
+        return state
+
+    def _restore(self, resume: str, plan: RunPlan) -> None:
+        """Load model, optimizer, scheduler, RNG and progress from `resume` (lmtrain's or transformers')."""
+        args = self.args
+        this_run = {k: v for k, v in self.state.state_dict().items() if k in _RUN_FIELDS}
+        if self.rt.fsdp:  # full state dicts, scattered into the shards
+            load_full_state_dicts(self.model, self.optimizer, ckpt.read_model_state(resume),
+                                  ckpt.read_optimizer_state(resume), self.rt)
+        else:
+            ckpt.load_model_weights(self.model, resume)
+        ckpt.load_training_state(resume, optimizer=None if self.rt.fsdp else self.optimizer,
+                                 scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state,
+                                 steps_per_epoch=plan.steps_per_epoch, grad_accum=args.gradient_accumulation_steps)
+        # the saved counters and history continue; this run's plan and process roles are its own
+        self.state.load_state_dict(this_run)
+        if self.state.batches_in_epoch >= plan.batches_per_epoch:  # saved at an epoch's last step
+            self.state.data_epoch, self.state.batches_in_epoch = self.state.data_epoch + 1, 0
+        if args.ignore_data_skip:
+            self.state.batches_in_epoch = 0
+        if self.state.best_model_checkpoint and not os.path.isdir(self.state.best_model_checkpoint):
+            self.state.best_model_checkpoint = None  # rotated away since: forget it, as transformers does
+        if args.restore_callback_states_from_checkpoint:
+            restore_callback_states(self.state.stateful_callbacks, self.callback_handler, self.control)
+
+    def _maybe_log_save_evaluate(self, window: LogWindow) -> None:
+        """Log, evaluate and save as the control flags say (set by DefaultFlowCallback and others)."""
         paused = time.perf_counter()
-        metrics = None
-        if self.control.should_evaluate and self.eval_dataset is not None:
-            metrics = self.evaluate()
+        if self.control.should_log and self.state.global_step > self._last_logged_step:
+            self._log_window(window)
+        if self.control.should_evaluate:
+            metrics = self._evaluate()
+            new_best = self._determine_best_metric(metrics)
+            if self.args.save_strategy == "best":
+                self.control.should_save = new_best
         if self.control.should_save:
-            self._save_checkpoint(window, metrics)
+            self._save_checkpoint(window)
+            self.control = self._fire("on_save")
         window.started += time.perf_counter() - paused  # throughput counts training time only
-        self.control._new_step()
+
+    def _evaluate(self, skip_scheduler: bool = False) -> Dict[str, float]:
+        """Evaluation during training: also steps ReduceLROnPlateau and reports to a search trial."""
+        metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
+        if self._trial is not None:
+            from .hpsearch import report_to_trial
+
+            report_to_trial(self, metrics)
+        if optim.is_plateau(self.lr_scheduler) and not skip_scheduler:
+            name = self.args.metric_for_best_model or "loss"
+            self.lr_scheduler.step(metrics[name if name.startswith("eval_") else f"eval_{name}"])
+        return metrics
+
+    def _determine_best_metric(self, metrics: Dict[str, float]) -> bool:
+        """Track metric_for_best_model in state.best_metric / best_global_step; True on a new best."""
+        if not self.args.metric_for_best_model:
+            return False
+        return ckpt.update_best(self.state, self.args, metrics)
 
     def _log_window(self, window: LogWindow) -> None:
         """Read the device accumulators (the only host synchronisation of the step) and log them."""
         self._check_finite(window)
         record = window.read(self.rt)
-        record["learning_rate"] = current_lr(self.lr_scheduler)
+        record["learning_rate"] = window.lr
         if getattr(self, "_mfu_scale", None):
             record["mfu"] = round(record["tokens_per_second"] * self._mfu_scale, 4)
         tokens = record.pop("tokens")
         self.state.num_input_tokens_seen += tokens
         self.state.total_flos += 6.0 * self.num_parameters * tokens
+        self._last_logged_step = self.state.global_step
         self.log(record)
         window.reset(self.state)
 
@@ -407,36 +575,43 @@ class Trainer:
             last = ckpt.latest_checkpoint(self.args.output_dir)
             raise TrainingError(
                 f"the loss became NaN or infinite at step {bad}; lower the learning rate "
-                f"(now {current_lr(self.lr_scheduler):.3g}) or set max_grad_norm, then resume from "
+                f"(now {optim.current_lr(self.lr_scheduler):.3g}) or set max_grad_norm, then resume from "
                 f"{last or 'the start'} (or pass --nan_policy skip)."
             )
 
-    def _save_checkpoint(self, window: "LogWindow", metrics: Optional[Dict[str, float]]) -> None:
+    def _save_checkpoint(self, window: LogWindow) -> None:
         if self.args.nan_policy == "stop" and window.bad_step() >= 0:
             self._check_finite(window)  # never save weights a NaN step touched: stop with the last good one
         window.store(self.state, self.rt)  # the running loss of this window travels with the checkpoint
-        if metrics is not None and self.args.metric_for_best_model:
-            ckpt.update_best(self.state, self.args, metrics)
         step, out = self.state.global_step, self.args.output_dir
         model_sd, optim_sd = full_state_dicts(self.model, self.optimizer, self.rt)  # FSDP: gathered on all ranks
         rank_files = [] if self.rt.is_main else [ckpt.write_rank_rng(out, step, self.rt.rank)]
         self.rt.barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
         if self.rt.is_main:
-            rank_files = [os.path.join(out, f".rng-{step}.rng_state_{r}.pt") for r in range(1, self.rt.world_size)]
-            path = ckpt.save_checkpoint(
+            rank_files = [ckpt.rank_rng_path(out, step, r) for r in range(1, self.rt.world_size)]
+            best = self.state.best_global_step
+            if best and (best == step or os.path.isdir(os.path.join(out, f"{ckpt.PREFIX}-{best}"))):
+                # set before saving: the checkpoint's state names itself when it is the best
+                self.state.best_model_checkpoint = os.path.join(out, f"{ckpt.PREFIX}-{best}")
+            self.state.stateful_callbacks = callback_states(self.callback_handler.callbacks, self.control)
+            ckpt.save_checkpoint(
                 out, step, model=self.model, tokenizer=self.processing_class, optimizer=self.optimizer,
                 scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state, args=self.args,
                 other_ranks_rng=rank_files, model_state=model_sd, optimizer_state=optim_sd,
             )
-            if self.state.best_global_step == step:
-                self.state.best_model_checkpoint = path
-                self.state.save_to_json(os.path.join(path, "trainer_state.json"))
             ckpt.rotate_checkpoints(out, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.rt.barrier()
-        self.control = self._fire("on_save")
 
-    def _train_output(self, plan: RunPlan, window: "LogWindow", runtime: float) -> TrainOutput:
+    def _finish_training(self, plan: RunPlan, window: LogWindow, runtime: float, stop: StopRequest,
+                         tracker: Any) -> TrainOutput:
+        """transformers' order: the train metrics are logged, the best model loaded, then on_train_end."""
         state = self.state
+        if stop.signal is not None:
+            self._stopped_by_signal(stop.signal)
+        window.store(state, self.rt)
+        state.num_input_tokens_seen += window.tokens  # the steps after the last log count too
+        state.total_flos += 6.0 * self.num_parameters * window.tokens
+        total_tokens = window.total_tokens + window.tokens
         steps_here = max(state.global_step - window.first_step + 1, 1)
         train_loss = window.total_loss(self.rt) / max(state.global_step, 1)
         samples = steps_here * plan.effective_batch
@@ -444,60 +619,136 @@ class Trainer:
             "train_runtime": round(runtime, 4),
             "train_samples_per_second": round(samples / runtime, 3) if runtime else 0.0,
             "train_steps_per_second": round(steps_here / runtime, 3) if runtime else 0.0,
-            "train_tokens_per_second": round(window.total_tokens / runtime, 1) if runtime else 0.0,
+            "train_tokens_per_second": round(total_tokens / runtime, 1) if runtime else 0.0,
             "total_flos": float(state.total_flos),
             "train_loss": train_loss,
-            "epoch": state.epoch,
         }
         if getattr(self, "_mfu_scale", None) and runtime:
             metrics["train_mfu"] = round(metrics["train_tokens_per_second"] * self._mfu_scale, 4)
+        if tracker is not None:
+            tracker.stop_and_update_metrics(metrics)
         self.log(metrics)
+        if self.args.load_best_model_at_end and state.best_model_checkpoint and stop.signal is None:
+            ckpt.load_model_weights(self.model, state.best_model_checkpoint)
+        self.control = self._fire("on_train_end")
+        self.is_in_train = False
         return TrainOutput(state.global_step, train_loss, metrics)
+
+    def _stopped_by_signal(self, name: str) -> None:
+        self.interrupted = name
+        if self.rt.is_main:
+            where = ckpt.latest_checkpoint(self.args.output_dir)
+            print(f"stopped by {name} after step {self.state.global_step}; saved {where}. Resume with "
+                  f"`lmtrain train ... --resume` or trainer.train(resume_from_checkpoint=True).", flush=True)
 
     # ---- evaluation, prediction, saving ---------------------------------------------------------
 
-    def _eval_loss_fn(self, model: torch.nn.Module, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Any]:
-        loss_sum, _items, outputs = self._forward(model, batch)
-        try:
-            logits = output_logits(outputs)
-        except (KeyError, IndexError, AttributeError):
-            logits = None
-        return loss_sum.detach(), logits
+    def prediction_step(self, model: torch.nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: Optional[List[str]] = None) -> Tuple[Any, Any, Any]:
+        """(mean loss, predictions, labels) of one batch, through `compute_loss` (transformers' route)."""
+        has_labels = bool(self.label_names) and all(inputs.get(k) is not None for k in self.label_names)
+        inputs = self._prepare_inputs(inputs)
+        if ignore_keys is None:
+            ignore_keys = list(getattr(getattr(self.model, "config", None), "keys_to_ignore_at_inference", None) or [])
+        labels = None
+        if has_labels:
+            labels = tuple(inputs[k].detach() for k in self.label_names)
+            labels = labels[0] if len(labels) == 1 else labels
+        with torch.no_grad(), self.rt.autocast():
+            if has_labels:
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach().mean()
+            else:
+                loss, outputs = None, model(**inputs)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, outputs_to_predictions(outputs, has_labels, ignore_keys), labels
 
-    def _evaluation_loop(self, dataset: Any, prefix: str, prediction_loss_only: Optional[bool] = None) -> EvalLoopOutput:
-        loader = self.get_eval_dataloader(dataset)
-        only_loss = self.args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
-        if self.compute_metrics is None and prefix == "eval":
-            only_loss = True  # nothing would read the logits: do not gather them
-        out = evaluation_loop(
-            self.model, loader, device=self.rt.device, autocast=self.rt.autocast, shift=self.shift,
-            loss_fn=self._eval_loss_fn, label_names=self.label_names, prediction_loss_only=only_loss,
-            eval_accumulation_steps=self.args.eval_accumulation_steps, compute_metrics=self.compute_metrics,
-            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
-            bytes_per_token=getattr(dataset if dataset is not None else self.eval_dataset, "bytes_per_token", None),
-            metric_key_prefix=prefix,
-            on_batch=lambda: self._fire("on_prediction_step", eval_dataloader=loader),
+    def _fast_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
+        """lmtrain's own step: a token-weighted loss sum, logits as predictions."""
+        with self.rt.autocast():
+            loss_sum, items, outputs = self._forward(model, batch)
+        labels = batch.get(self.label_names[0])
+        if labels is None:
+            weight, loss_sum = 0, None
+        else:
+            weight = items if items >= 0 else count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
+        if items >= 0:  # the model computed its own loss: its outputs' other entries are the predictions
+            logits = outputs_to_predictions(outputs, labels is not None, self._ignore_keys)
+        else:
+            logits = output_logits(outputs).detach()
+        return StepOutput(loss_sum, weight, logits, labels)
+
+    def _compat_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
+        """transformers' route (an overridden compute_loss/prediction_step): batch means weighted by the
+        eval batch size, as transformers' evaluation_loop averages them."""
+        loss, logits, labels = self.prediction_step(model, batch, self._only_loss, ignore_keys=self._ignore_keys)
+        size = self.args.per_device_eval_batch_size
+        return StepOutput(None if loss is None else loss * size, size, logits, labels)
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Optional[bool] = None,
+                        ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        args = self.args
+        self._only_loss = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
+        self._ignore_keys = list(ignore_keys if ignore_keys is not None else getattr(
+            getattr(self.model, "config", None), "keys_to_ignore_at_inference", None) or [])
+        if not self.is_in_train and (args.bf16_full_eval or args.fp16_full_eval):
+            self.model.to(dtype=torch.bfloat16 if args.bf16_full_eval else torch.float16)
+        compat = self._custom_loss() or _overrides(self, "prediction_step")
+        if callable(getattr(self.optimizer, "eval", None)):  # schedule-free: evaluate the averaged weights
+            self.optimizer.eval()
+        self.callback_handler.eval_dataloader = dataloader
+        dataset = getattr(dataloader, "dataset", None)
+        dataset = getattr(dataset, "dataset", dataset)  # lmtrain's seeded wrapper
+        return evaluation_loop(
+            self.model, dataloader, device=self.rt.device,
+            step=self._compat_eval_step if compat else self._fast_eval_step,
+            prediction_loss_only=self._only_loss, eval_accumulation_steps=args.eval_accumulation_steps,
+            compute_metrics=self.compute_metrics, preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
+            bytes_per_token=getattr(dataset, "bytes_per_token", None), metric_key_prefix=metric_key_prefix,
+            on_batch=lambda: self._fire_event("on_prediction_step"), concat_batches=args.eval_do_concat_batches,
+            include_for_metrics=args.include_for_metrics, batch_eval_metrics=args.batch_eval_metrics,
+            nan_inf_filter=args.logging_nan_inf_filter,
+            main_input_name=getattr(self.model, "main_input_name", "input_ids"),
         )
-        return out
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Dict[str, float]:
-        """Token-weighted loss, perplexity, bits per byte (when known) and compute_metrics, all prefixed."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Optional[List[str]] = None,
+                 metric_key_prefix: str = "eval") -> Dict[str, float]:
+        """Loss (token-weighted), perplexity, bits per byte (when known) and compute_metrics, all prefixed."""
+        override = eval_dataset is not None
+        dataset = eval_dataset if override else self.eval_dataset
         if isinstance(dataset, dict):
             metrics: Dict[str, float] = {}
             for name, ds in dataset.items():
-                metrics.update(self.evaluate(ds, ignore_keys, f"{metric_key_prefix}_{name}"))
+                metrics.update(self.evaluate(ds if override else name, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        metrics = self._evaluation_loop(dataset, metric_key_prefix).metrics
-        metrics["epoch"] = self.state.epoch
+        tracker = _memory_tracker(self.args)
+        loader = self.get_eval_dataloader(dataset)
+        only_loss = True if self.compute_metrics is None else None  # nothing would read the predictions
+        metrics = self.evaluation_loop(loader, "Evaluation", only_loss, ignore_keys, metric_key_prefix).metrics
         self.log(metrics)
         self.control = self._fire("on_evaluate", metrics=metrics)
+        if tracker is not None:
+            tracker.stop_and_update_metrics(metrics)
         return metrics
 
-    def predict(self, test_dataset: Any, ignore_keys: Any = None, metric_key_prefix: str = "test") -> PredictionOutput:
-        out = self._evaluation_loop(test_dataset, metric_key_prefix, prediction_loss_only=False)
+    def predict(self, test_dataset: Any, ignore_keys: Optional[List[str]] = None,
+                metric_key_prefix: str = "test") -> PredictionOutput:
+        tracker = _memory_tracker(self.args)
+        loader = self.get_test_dataloader(test_dataset)
+        out = self.evaluation_loop(loader, "Prediction", None, ignore_keys, metric_key_prefix)
         self.control = self._fire("on_predict", metrics=out.metrics)
+        if tracker is not None:
+            tracker.stop_and_update_metrics(out.metrics)
         return PredictionOutput(out.predictions, out.label_ids, out.metrics)
+
+    def hyperparameter_search(self, hp_space: Optional[Callable] = None, compute_objective: Optional[Callable] = None,
+                              n_trials: int = 20, direction: Any = "minimize", backend: Any = None,
+                              hp_name: Optional[Callable] = None, **kwargs: Any) -> Any:
+        """Search hyperparameters with optuna (transformers' API); needs `model_init`."""
+        from .hpsearch import run_search
+
+        return run_search(self, hp_space, compute_objective, n_trials, direction, backend, hp_name, **kwargs)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save weights, config and tokenizer so `from_pretrained(output_dir)` loads them."""
@@ -508,8 +759,7 @@ class Trainer:
             ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors, state_dict=model_sd)
             if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
                 self.processing_class.save_pretrained(out)
-            with open(os.path.join(out, "training_args.json"), "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string() + "\n")
+            ckpt.save_args(self.args, out)
         self.rt.barrier()  # every rank returns once the model is on disk
 
     def save_state(self) -> None:
@@ -539,3 +789,53 @@ def _default_collator(processing_class: Any) -> Callable:
     if processing_class is not None and getattr(processing_class, "pad_token", None) is not None:
         return DataCollatorWithPadding(processing_class)
     return default_data_collator
+
+
+def _accepts_loss_kwargs(model: torch.nn.Module) -> bool:
+    """transformers' model_accepts_loss_kwargs: the model normalises its loss by num_items_in_batch."""
+    model = unwrap(model)
+    explicit = getattr(model, "accepts_loss_kwargs", None)
+    if explicit is not None:
+        return bool(explicit)
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == p.VAR_KEYWORD or p.name == "num_items_in_batch" for p in params)
+
+
+def _activate_neftune(model: torch.nn.Module, alpha: Optional[float]) -> Any:
+    """NEFTune: uniform noise of scale alpha/sqrt(length*width) on the input embeddings in training."""
+    if not alpha:
+        return None
+    embeddings = unwrap(model).get_input_embeddings()
+
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if module.training:
+            magnitude = alpha / (output.size(1) * output.size(2)) ** 0.5
+            output = output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
+        return output
+
+    return embeddings.register_forward_hook(hook)
+
+
+def _memory_tracker(args: TrainingArguments) -> Any:
+    """transformers' TrainerMemoryTracker when skip_memory_metrics=False (imported only then: it is slow)."""
+    if args.skip_memory_metrics:
+        return None
+    from transformers.trainer_utils import TrainerMemoryTracker
+
+    tracker = TrainerMemoryTracker(skip_memory_metrics=False)
+    caller = sys._getframe(1).f_code.co_name  # the tracker names its stage after train/evaluate/predict
+    tracker.stages.setdefault(caller, tracker.stages.get(caller, "train"))
+    tracker.start()
+    return tracker
+
+
+def _apply_log_level(args: TrainingArguments, is_main: bool) -> None:
+    """log_level (main process) / log_level_replica (others) set transformers' logger, as in transformers."""
+    level = args.log_level if is_main else args.log_level_replica
+    if level and level != "passive":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity({"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}[level])

@@ -31,12 +31,20 @@ class LogWindow:
         self.total_tokens = 0
         self.first_step = state.global_step + 1
         self.started = time.perf_counter()
+        self.lr = 0.0
+        self.nan_inf_filter = False
 
-    def add(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, step: int, skipped: torch.Tensor) -> None:
-        """Account one optimizer step; `skipped` is a device bool (update not applied: NaN/inf)."""
+    def add(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, step: int, skipped: torch.Tensor,
+            lr: float = 0.0) -> None:
+        """Account one optimizer step; `skipped` is a device bool (update not applied: NaN/inf); `lr` is
+        the learning rate the step used (what transformers logs)."""
         bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.lr = lr
         counted = torch.where(skipped, torch.zeros_like(step_loss), step_loss)  # a skipped step is not averaged in
+        if self.nan_inf_filter:  # transformers: a non-finite step adds sum/(steps + 1) of the window so far
+            mean = self.loss_sum / (self.steps + 1)
+            counted = torch.where(torch.isfinite(counted), counted, mean)
         self.loss_sum += counted
         self.all_loss_sum += counted
         self.skipped += skipped.to(self.skipped.dtype)
