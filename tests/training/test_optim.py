@@ -1,18 +1,22 @@
 """Schedules and parameter groups."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from lmtrain.training.optim import SCHEDULES, build_scheduler, parameter_groups
+from lmtrain.args import TrainingArguments
+from lmtrain.training.optim import build_scheduler, current_lr, parameter_groups, scheduler_names
 from tests.conftest import tiny_gpt2
 
 
-def lrs(name, warmup=2, total=10):
+def lrs(name, warmup=2, total=10, **kwargs):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, name, warmup, total)
+    args = SimpleNamespace(lr_scheduler_type=name, warmup_steps=warmup, lr_scheduler_kwargs=kwargs)
+    sched = build_scheduler(opt, args, total)
     out = []
     for _ in range(total):
-        out.append(sched.get_last_lr()[0])
+        out.append(current_lr(sched))
         opt.step()
         sched.step()
     return out
@@ -33,9 +37,24 @@ def test_constant_schedules():
     assert lrs("constant_with_warmup")[:3] == [0.0, 0.5, 1.0]
 
 
-def test_polynomial_power_one_is_linear_to_end_ratio():
-    assert lrs("polynomial")[2] == pytest.approx(1.0)
-    assert set(SCHEDULES) >= {"linear", "cosine", "constant", "constant_with_warmup", "polynomial"}
+def test_polynomial_power_one_is_linear_to_lr_end():
+    values = lrs("polynomial", lr_end=0.2)
+    assert values[2] == pytest.approx(1.0)
+    assert values[2:] == pytest.approx([1.0 - 0.8 * i / 8 for i in range(8)])
+    assert set(scheduler_names()) >= {"linear", "cosine", "constant", "constant_with_warmup", "polynomial"}
+
+
+def test_warmup_comes_from_args_get_warmup_steps():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    args = TrainingArguments(output_dir="unused", lr_scheduler_type="linear")
+    args.get_warmup_steps = lambda total: total // 4  # what the args object says wins over its fields
+    sched = build_scheduler(opt, args, 8)
+    seen = []
+    for _ in range(3):
+        seen.append(current_lr(sched))
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.0, 0.5, 1.0])
 
 
 def test_no_weight_decay_on_biases_and_norms():

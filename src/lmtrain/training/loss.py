@@ -39,11 +39,16 @@ def count_label_tokens(labels: torch.Tensor, shift: int) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, shift: int) -> torch.Tensor:
+def token_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, shift: int, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Sum of cross-entropy over label tokens, in float32 whatever the logits' dtype.
 
     For a causal LM the *labels* are shifted (padded with IGNORE_INDEX at the end), not the logits:
     slicing the logits would copy the largest tensor of the step.
+
+    With `label_smoothing` = epsilon each token's loss is (1 - epsilon) * NLL + epsilon * mean over the
+    vocabulary of -log p, so sum / label tokens equals transformers' LabelSmoother with that epsilon.
     """
     labels = labels.to(logits.device)
     if shift:
@@ -53,6 +58,7 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, shift: int) -> to
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
+        label_smoothing=label_smoothing,
     )
 
 
