@@ -292,7 +292,8 @@ class Trainer:
             else:
                 ckpt.load_model_weights(self.model, resume)
             ckpt.load_training_state(resume, optimizer=None if self.rt.fsdp else self.optimizer,
-                                     scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state)
+                                     scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state,
+                                     steps_per_epoch=plan.steps_per_epoch, grad_accum=args.gradient_accumulation_steps)
             # the saved counters and history continue; this run's plan and process roles are its own
             self.state.load_state_dict(this_run)
         if self.rt.is_main:
@@ -422,15 +423,16 @@ class Trainer:
         rank_files = [] if self.rt.is_main else [ckpt.write_rank_rng(out, step, self.rt.rank)]
         self.rt.barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
         if self.rt.is_main:
-            rank_files = [os.path.join(out, f".rng-{step}.rng_state_{r}.pt") for r in range(1, self.rt.world_size)]
-            path = ckpt.save_checkpoint(
+            rank_files = [ckpt.rank_rng_path(out, step, r) for r in range(1, self.rt.world_size)]
+            if self.state.best_global_step == step:  # set before saving: the checkpoint's state names itself
+                self.state.best_model_checkpoint = os.path.join(out, f"{ckpt.PREFIX}-{step}")
+            self.state.stateful_callbacks = ckpt.callback_states(
+                getattr(self.callback_handler, "callbacks", []), self.control)
+            ckpt.save_checkpoint(
                 out, step, model=self.model, tokenizer=self.processing_class, optimizer=self.optimizer,
                 scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state, args=self.args,
                 other_ranks_rng=rank_files, model_state=model_sd, optimizer_state=optim_sd,
             )
-            if self.state.best_global_step == step:
-                self.state.best_model_checkpoint = path
-                self.state.save_to_json(os.path.join(path, "trainer_state.json"))
             ckpt.rotate_checkpoints(out, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.rt.barrier()
         self.control = self._fire("on_save")
