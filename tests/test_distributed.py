@@ -41,7 +41,7 @@ def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subp
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
     ckpt = tmp_path / "two" / "checkpoint-6"
-    assert (ckpt / "rng_state.pt").exists() and (ckpt / "rng_state_1.pt").exists()
+    assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists()
     # a checkpoint saved under 2 processes resumes under 2
     run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "two"), "4", "8", "resume"], env)
     resumed = json.loads((tmp_path / "two" / "losses.json").read_text())

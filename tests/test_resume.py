@@ -284,13 +284,13 @@ def assert_usable_checkpoint(path: str) -> int:
 
     p = Path(path)
     names = {x.name for x in p.iterdir()}
-    need = {"COMPLETE", "config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pt",
+    need = {"COMPLETE", "config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
             "trainer_state.json", "training_args.json", "tokenizer.json"}
     assert need <= names, f"{p} lacks {sorted(need - names)}"
     assert load_file(str(p / "model.safetensors"))
     assert torch.load(p / "optimizer.pt", map_location="cpu", weights_only=False)["state"]
     torch.load(p / "scheduler.pt", weights_only=False)
-    assert "cpu" in torch.load(p / "rng_state.pt", weights_only=False)
+    assert "cpu" in torch.load(p / "rng_state.pth", weights_only=False)
     state = json.loads((p / "trainer_state.json").read_text())
     step = int(p.name.split("-")[1])
     assert state["global_step"] == step, (p, state["global_step"])

@@ -92,15 +92,18 @@ def test_checkpoint_contents_and_incomplete_dirs(tmp_path):
                       data_collator=stack)
     trainer.train()
     path = tmp_path / "checkpoint-3"
-    for name in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pt",
-                 "trainer_state.json", "training_args.json", "COMPLETE"):
+    for name in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                 "trainer_state.json", "lmtrain_state.json", "training_args.json", "training_args.bin", "COMPLETE"):
         assert (path / name).exists(), name
-    # a killed save leaves a directory without the marker: it is never "latest" and is cleaned up
+    # a killed save leaves a build directory: it is never "latest" and is cleaned up; a checkpoint-N
+    # without marker or files is not lmtrain's (lmtrain renames only after the marker): skipped, kept
     os.makedirs(tmp_path / "checkpoint-9")
     os.makedirs(tmp_path / ".checkpoint-12.tmp-1234")
+    (tmp_path / ".rng-12.rng_state_1.pth").write_bytes(b"")
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-3")
     removed = ckpt.remove_incomplete(str(tmp_path))
-    assert sorted(os.path.basename(p) for p in removed) == [".checkpoint-12.tmp-1234", "checkpoint-9"]
+    assert sorted(os.path.basename(p) for p in removed) == [".checkpoint-12.tmp-1234", ".rng-12.rng_state_1.pth"]
+    assert (tmp_path / "checkpoint-9").is_dir()
 
 
 def test_existing_checkpoints_need_resume_or_overwrite(tmp_path):
@@ -133,7 +136,7 @@ def test_resume_from_a_missing_checkpoint_is_one_clear_error(tmp_path):
     trainer = Trainer(model=tiny_gpt2(), args=args_for(tmp_path), train_dataset=ragged_dataset(), data_collator=stack)
     with pytest.raises(LmtrainError, match="no complete checkpoint"):
         trainer.train(resume_from_checkpoint=True)
-    with pytest.raises(LmtrainError, match="not a complete lmtrain checkpoint"):
+    with pytest.raises(LmtrainError, match="is not a complete checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "nope"))
 
 

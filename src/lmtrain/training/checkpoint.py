@@ -1,8 +1,14 @@
-"""Checkpoints: written whole or not at all, found by their completion marker, rotated safely.
+"""Checkpoints: written whole or not at all, in transformers' layout, found and rotated safely.
 
 A checkpoint is built in a temporary sibling directory, every file is fsynced, the marker `COMPLETE`
-is written last, and only then is the directory renamed to `checkpoint-<step>`. A directory without the
-marker is never chosen for resuming and is removed at the next start.
+is written last, and only then is the directory renamed to `checkpoint-<step>`. The files inside are
+the ones transformers.Trainer writes (model weights, optimizer.pt, scheduler.pt, scaler.pt,
+rng_state.pth, training_args.bin, trainer_state.json), plus lmtrain's own progress in
+`lmtrain_state.json`, so either trainer resumes the other's checkpoints.
+
+Since lmtrain only ever renames a directory into place after writing its marker, a `checkpoint-<step>`
+without one was written by someone else (transformers): it counts when it holds trainer_state.json and
+weights, and it is never deleted as "incomplete".
 """
 
 from __future__ import annotations
@@ -18,10 +24,17 @@ import numpy as np
 import torch
 
 from ..errors import LmtrainError
+from .state import LMTRAIN_FIELDS
+from .weights import has_weights, load_model_weights, read_model_state, save_model_files  # noqa: F401 (API)
 
 PREFIX = "checkpoint"
 MARKER = "COMPLETE"
+LMTRAIN_STATE = "lmtrain_state.json"
+EXTRA = "lmtrain_extra.pt"
 _CKPT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
+_TMP_RE = re.compile(rf"^\.{PREFIX}-(\d+)\.tmp-\d+$")
+_OLD_RE = re.compile(rf"^({PREFIX}-\d+)\.old-\d+$")
+_RNG_KEYS = ("python", "numpy", "cpu", "cuda")
 
 
 def _fsync_tree(path: str) -> None:
@@ -45,10 +58,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def rng_state() -> Dict[str, Any]:
+# ---- random number generators ------------------------------------------------------------------
+
+def rng_state(distributed: bool = False) -> Dict[str, Any]:
+    """transformers' rng_state.pth content: one CUDA state alone, every device's under torchrun."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state_all() if distributed else torch.cuda.get_rng_state()
     return state
 
 
@@ -56,93 +72,61 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, torch.Tensor):
+            torch.cuda.set_rng_state(cuda)
+        elif len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # saved with another device count: this process's own device
+            torch.cuda.set_rng_state(cuda[min(torch.cuda.current_device(), len(cuda) - 1)])
 
 
-def save_model_files(model: torch.nn.Module, out_dir: str, safe_serialization: bool = True,
-                     state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
-    """Weights and config: `save_pretrained` for transformers models, safetensors for plain modules.
-
-    `state_dict` replaces the model's own (a full state dict gathered from FSDP shards).
-    """
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    if hasattr(model, "save_pretrained"):
-        from transformers.utils import logging as hf_logging
-
-        was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a bar per save is noise in the training log
-        try:
-            kwargs = {"state_dict": state_dict} if state_dict is not None else {}
-            model.save_pretrained(out_dir, safe_serialization=safe_serialization, **kwargs)
-        finally:
-            if was_enabled:
-                hf_logging.enable_progress_bar()
-        return
-    state = {k: v.detach().contiguous() for k, v in (state_dict or model.state_dict()).items()}
-    if safe_serialization:
-        from safetensors.torch import save_file
-
-        save_file(_untie(state), os.path.join(out_dir, "model.safetensors"))
-    else:
-        torch.save(state, os.path.join(out_dir, "pytorch_model.bin"))
+def rank_rng_path(output_dir: str, step: int, rank: int) -> str:
+    """Where a non-zero rank leaves its RNG state for rank 0 to move into checkpoint-<step>."""
+    return os.path.join(output_dir, f".rng-{step}.rng_state_{rank}.pth")
 
 
-def _untie(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """safetensors refuses shared storage: keep the first name of each tensor."""
-    seen, out = set(), {}
-    for k, v in state.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if key not in seen:
-            seen.add(key)
-            out[k] = v
+def write_rank_rng(output_dir: str, step: int, rank: int) -> str:
+    """A non-zero rank's RNG state, written beside the checkpoint rank 0 is about to save."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = rank_rng_path(output_dir, step, rank)
+    torch.save(rng_state(distributed=True), path)
+    return path
+
+
+def _rng_file(ckpt_dir: str, rank: int, world_size: int) -> Optional[str]:
+    """This rank's RNG file: transformers' names first, then older lmtrain's `.pt` ones."""
+    names = [f"rng_state_{rank}.pth"] if world_size > 1 else []
+    names += ["rng_state.pth", "rng_state_0.pth"] if rank == 0 else []
+    names += [f"rng_state_{rank}.pt"] if rank else ["rng_state.pt"]
+    for name in names:
+        if os.path.isfile(os.path.join(ckpt_dir, name)):
+            return os.path.join(ckpt_dir, name)
+    return None
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+def callback_states(callbacks: List[Any], control: Any) -> Dict[str, Any]:
+    """transformers' `stateful_callbacks`: the `state()` of each ExportableState callback, and TrainerControl's."""
+    out: Dict[str, Any] = {}
+    for cb in list(callbacks) + [control]:
+        if cb is control and not callable(getattr(cb, "state", None)):
+            flags = ("should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log")
+            value: Any = {"args": {k: bool(getattr(cb, k, False)) for k in flags}, "attributes": {}}
+        elif callable(getattr(cb, "state", None)) and not isinstance(cb, type):
+            value = cb.state()
+            if not isinstance(value, dict):  # some other `state`, not transformers' ExportableState
+                continue
+        else:
+            continue
+        name = type(cb).__name__
+        if name in out:  # several of one class: a list, as transformers keeps them
+            out[name] = (out[name] if isinstance(out[name], list) else [out[name]]) + [value]
+        else:
+            out[name] = value
     return out
-
-
-def read_model_state(ckpt_dir: str) -> Dict[str, torch.Tensor]:
-    """The full model state dict stored in a checkpoint (on the CPU)."""
-    st, pt = os.path.join(ckpt_dir, "model.safetensors"), os.path.join(ckpt_dir, "pytorch_model.bin")
-    if os.path.exists(st):
-        from safetensors.torch import load_file
-
-        return load_file(st, device="cpu")
-    if os.path.exists(pt):
-        return torch.load(pt, map_location="cpu", weights_only=True)
-    raise LmtrainError(f"{ckpt_dir} holds no model weights (model.safetensors); it is not a usable checkpoint.")
-
-
-def read_optimizer_state(ckpt_dir: str) -> Dict[str, Any]:
-    path = os.path.join(ckpt_dir, "optimizer.pt")
-    if not os.path.exists(path):
-        raise LmtrainError(f"{ckpt_dir} has no optimizer state (saved with save_only_model?); it cannot be resumed.")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_model_weights(model: torch.nn.Module, ckpt_dir: str) -> None:
-    """Load weights saved by `save_model_files` into `model` (tied weights may be absent from the file)."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    adapter = os.path.join(ckpt_dir, "adapter_model.safetensors")
-    if hasattr(model, "peft_config") and os.path.exists(adapter):  # LoRA: the checkpoint holds the adapters
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(model, load_file(adapter, device="cpu"))
-        return
-    state = read_model_state(ckpt_dir)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if isinstance(getattr(model, "_tied_weights_keys", None), dict):
-        tied = set(model._tied_weights_keys)
-    real_missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-    if real_missing or unexpected:
-        raise LmtrainError(
-            f"the weights in {ckpt_dir} do not fit this model (missing {real_missing[:3]}, unexpected "
-            f"{list(unexpected)[:3]}); resume with the same model configuration."
-        )
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
 
 
 def save_checkpoint(
@@ -163,13 +147,15 @@ def save_checkpoint(
 ) -> str:
     """Write checkpoint-<step> atomically and return its path.
 
-    `other_ranks_rng`: RNG files other processes wrote beside the checkpoint (see `write_rank_rng`);
-    they are moved inside before the completion marker.
+    `other_ranks_rng`: RNG files ranks 1.. wrote beside the checkpoint (see `write_rank_rng`); they are
+    moved inside as rng_state_<rank>.pth, and rank 0's is then rng_state_0.pth, as transformers names them.
+    `extra`: more objects to restore with the checkpoint (returned by `load_training_state`).
     """
     final = os.path.join(output_dir, f"{PREFIX}-{step}")
     tmp = os.path.join(output_dir, f".{PREFIX}-{step}.tmp-{os.getpid()}")
     os.makedirs(output_dir, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
+    distributed = bool(other_ranks_rng)
     try:
         os.makedirs(tmp)
         save_model_files(model, tmp, safe_serialization=args.save_safetensors, state_dict=model_state)
@@ -181,11 +167,17 @@ def save_checkpoint(
                 torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             if scaler is not None:
                 torch.save(scaler.state_dict(), os.path.join(tmp, "scaler.pt"))
-            torch.save({**rng_state(), **(extra or {})}, os.path.join(tmp, "rng_state.pt"))
+            torch.save(rng_state(distributed), os.path.join(tmp, "rng_state_0.pth" if distributed else "rng_state.pth"))
             for path in other_ranks_rng or []:
                 os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
+            if extra:
+                torch.save(extra, os.path.join(tmp, EXTRA))
         state.save_to_json(os.path.join(tmp, "trainer_state.json"))
-        with open(os.path.join(tmp, "training_args.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(tmp, LMTRAIN_STATE), "w", encoding="utf-8") as f:
+            json.dump(state.lmtrain_state_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        torch.save(args, os.path.join(tmp, "training_args.bin"))  # what transformers writes
+        with open(os.path.join(tmp, "training_args.json"), "w", encoding="utf-8") as f:  # for people
             f.write(args.to_json_string() + "\n")
         _fsync_tree(tmp)
         with open(os.path.join(tmp, MARKER), "w") as f:  # written last: its presence means "complete"
@@ -209,27 +201,24 @@ def save_checkpoint(
     return final
 
 
-def write_rank_rng(output_dir: str, step: int, rank: int) -> str:
-    """A non-zero rank's RNG state, written beside the checkpoint rank 0 is about to save."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, f".rng-{step}.rng_state_{rank}.pt")
-    torch.save(rng_state(), path)
-    return path
-
+# ---- finding -----------------------------------------------------------------------------------
 
 def is_complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MARKER))
+    """lmtrain's marker is there, or it is a transformers checkpoint: trainer_state.json and weights."""
+    if os.path.isfile(os.path.join(path, MARKER)):
+        return True
+    return os.path.isfile(os.path.join(path, "trainer_state.json")) and has_weights(path)
 
 
 def list_checkpoints(output_dir: str) -> List[str]:
-    """Complete checkpoints in output_dir, oldest step first."""
+    """Complete checkpoints (lmtrain's and transformers') in output_dir, oldest step first."""
     if not os.path.isdir(output_dir):
         return []
     found = []
     for name in os.listdir(output_dir):
         m = _CKPT_RE.match(name)
         path = os.path.join(output_dir, name)
-        if m and is_complete(path):
+        if m and os.path.isdir(path) and is_complete(path):
             found.append((int(m.group(1)), path))
     return [p for _, p in sorted(found)]
 
@@ -239,15 +228,35 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
     return ckpts[-1] if ckpts else None
 
 
+def get_last_checkpoint(folder: str) -> Optional[str]:
+    """transformers' helper: the highest-numbered checkpoint in `folder`, a complete one when there is one."""
+    found = latest_checkpoint(folder)
+    if found is not None or not os.path.isdir(folder):
+        return found
+    dirs = [(int(m.group(1)), n) for n in os.listdir(folder) if (m := _CKPT_RE.match(n))
+            and os.path.isdir(os.path.join(folder, n))]
+    return os.path.join(folder, max(dirs)[1]) if dirs else None
+
+
 def remove_incomplete(output_dir: str) -> List[str]:
-    """Delete half-written checkpoints left by a killed run; returns what was removed."""
-    removed = []
+    """Clean up after a killed save; returns what was removed.
+
+    Only lmtrain's own leftovers go: `.checkpoint-<step>.tmp-<pid>` build dirs, `checkpoint-<step>.old-<pid>`
+    replaced dirs and stray `.rng-*` files. A kill between the two renames of a re-save leaves the step
+    only as one of those: the whole one is renamed back instead. `checkpoint-<step>` dirs are never
+    deleted (one without a marker may be a transformers checkpoint, or a user's).
+    """
+    removed: List[str] = []
     if not os.path.isdir(output_dir):
         return removed
-    for name in os.listdir(output_dir):
+    for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
-        partial = name.startswith(f".{PREFIX}-") or (_CKPT_RE.match(name) and not is_complete(path))
-        if partial and os.path.isdir(path):
+        tmp, old = _TMP_RE.match(name), _OLD_RE.match(name)
+        if (tmp or old) and os.path.isdir(path):
+            final = os.path.join(output_dir, old.group(1) if old else f"{PREFIX}-{tmp.group(1)}")
+            if not os.path.exists(final) and os.path.isfile(os.path.join(path, MARKER)):
+                os.replace(path, final)  # the only whole copy of this step: keep it
+                continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
         elif name.startswith(".rng-") and os.path.isfile(path):
@@ -257,24 +266,54 @@ def remove_incomplete(output_dir: str) -> List[str]:
 
 
 def rotate_checkpoints(output_dir: str, limit: Optional[int], best: Optional[str] = None) -> List[str]:
-    """Delete the oldest checkpoints beyond `limit`, never the latest nor the best one."""
-    if not limit:
+    """Delete the oldest checkpoints (lmtrain's or transformers') beyond `limit`, never the latest nor the best."""
+    if not limit or limit <= 0:
         return []
     ckpts = list_checkpoints(output_dir)
     protected = {ckpts[-1]} if ckpts else set()
     if best:
-        protected.add(os.path.abspath(best))
         protected |= {c for c in ckpts if os.path.abspath(c) == os.path.abspath(best)}
     deletable = [c for c in ckpts if c not in protected]
-    excess = len(ckpts) - max(limit, len(protected & set(ckpts)))
+    excess = len(ckpts) - max(limit, len(protected))
     removed = deletable[: max(0, excess)]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
 
 
-def load_training_state(ckpt_dir: str, *, optimizer, scheduler, scaler, state) -> Dict[str, Any]:
-    """Restore optimizer, scheduler, scaler, TrainState and RNG from a checkpoint; returns extra saved data."""
+# ---- loading -----------------------------------------------------------------------------------
+
+def read_optimizer_state(ckpt_dir: str) -> Dict[str, Any]:
+    path = os.path.join(ckpt_dir, "optimizer.pt")
+    if not os.path.exists(path):
+        raise LmtrainError(f"{ckpt_dir} has no optimizer state (saved with save_only_model?); it cannot be resumed.")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _position_from_step(state: Any, steps_per_epoch: Optional[int], grad_accum: int, ckpt_dir: str) -> None:
+    """A transformers checkpoint has no data position: derive it as transformers does on resume."""
+    if not steps_per_epoch:
+        raise LmtrainError(f"{ckpt_dir} has no {LMTRAIN_STATE}; resuming it needs steps_per_epoch.")
+    state.data_epoch = state.global_step // steps_per_epoch
+    state.batches_in_epoch = (state.global_step % steps_per_epoch) * grad_accum
+    # the window of unlogged steps is lost; the run's loss sum is rebuilt from the logged means
+    state.window_loss_sum, state.window_steps, state.window_tokens, state.nonfinite_steps = 0.0, 0, 0, 0
+    total, last = 0.0, 0
+    for record in state.log_history:
+        if "loss" in record and "step" in record:
+            total += float(record["loss"]) * (record["step"] - last)
+            last = record["step"]
+    state.train_loss_sum = total
+
+
+def load_training_state(ckpt_dir: str, *, optimizer: Any, scheduler: Any, scaler: Any, state: Any,
+                        steps_per_epoch: Optional[int] = None, grad_accum: int = 1,
+                        rank: Optional[int] = None, world_size: Optional[int] = None) -> Dict[str, Any]:
+    """Restore optimizer, scheduler, scaler, TrainState and RNG from a lmtrain or transformers checkpoint.
+
+    `steps_per_epoch` and `grad_accum` place the data position when the checkpoint has no
+    lmtrain_state.json (a transformers one). Returns the `extra` objects saved with it.
+    """
     def path(name: str) -> str:
         return os.path.join(ckpt_dir, name)
 
@@ -285,17 +324,24 @@ def load_training_state(ckpt_dir: str, *, optimizer, scheduler, scaler, state) -
     if scaler is not None and os.path.exists(path("scaler.pt")):
         scaler.load_state_dict(torch.load(path("scaler.pt"), weights_only=False))
     with open(path("trainer_state.json"), encoding="utf-8") as f:
-        state.load_state_dict(json.load(f))
-    rank = int(os.environ.get("RANK", 0))
-    own = path(f"rng_state_{rank}.pt")
-    saved = torch.load(own if rank and os.path.exists(own) else path("rng_state.pt"), weights_only=False)
-    set_rng_state(saved)
-    return {k: v for k, v in saved.items() if k not in ("python", "numpy", "cpu", "cuda")}
-
-
-def get_last_checkpoint(folder: str) -> Optional[str]:
-    """transformers' helper: the newest complete checkpoint in `folder`, or None."""
-    return latest_checkpoint(folder)
+        saved_state = json.load(f)
+    state.load_state_dict(saved_state)
+    if os.path.isfile(path(LMTRAIN_STATE)):
+        with open(path(LMTRAIN_STATE), encoding="utf-8") as f:
+            state.load_state_dict(json.load(f))
+    elif not set(LMTRAIN_FIELDS) <= set(saved_state):  # neither lmtrain format: a transformers checkpoint
+        _position_from_step(state, steps_per_epoch, grad_accum, ckpt_dir)
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    rng_file = _rng_file(ckpt_dir, rank, world_size)
+    extra: Dict[str, Any] = {}
+    if rng_file is not None:  # transformers, too, carries on without one
+        saved = torch.load(rng_file, weights_only=False)
+        set_rng_state(saved)
+        extra = {k: v for k, v in saved.items() if k not in _RNG_KEYS}  # older lmtrain kept extras here
+    if os.path.isfile(path(EXTRA)):
+        extra.update(torch.load(path(EXTRA), weights_only=False))
+    return extra
 
 
 def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
@@ -314,9 +360,10 @@ def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
             raise LmtrainError(f"no complete checkpoint in {out} to resume from; start without resume.")
         return found
     if isinstance(resume, (str, os.PathLike)) and resume:
-        if not is_complete(str(resume)):
-            raise LmtrainError(f"{resume} is not a complete lmtrain checkpoint; pass a checkpoint-<step> "
-                               f"directory (or resume=True for the latest in {out}).")
+        if not os.path.isdir(resume) or not is_complete(str(resume)):
+            raise LmtrainError(f"{resume} is not a complete checkpoint (lmtrain's, or transformers' with "
+                               f"trainer_state.json and weights); pass a checkpoint-<step> directory "
+                               f"(or resume=True for the latest in {out}).")
         return str(resume)
     if list_checkpoints(out) and not args.overwrite_output_dir:
         raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True (CLI: --resume) "
