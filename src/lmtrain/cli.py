@@ -211,13 +211,14 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         train_args.eval_strategy = "no"
     collator = (DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=model_args.mlm_probability)
                 if model_args.mlm else default_data_collator)
-    callbacks = []
-    if model_args.eval_sample_prompt and not model_args.mlm:
-        from .training.callbacks import SampleCallback
+    from .training.reporting import LogLastStepCallback, SampleCallback
 
+    callbacks: List[Any] = [LogLastStepCallback()]  # the run's last step is always in the log
+    if model_args.eval_sample_prompt and not model_args.mlm:
         callbacks.append(SampleCallback(tokenizer, model_args.eval_sample_prompt))
     trainer = Trainer(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer.refuse_existing_checkpoints = True  # a CLI run never silently mixes with an earlier one
     result = trainer.train(resume_from_checkpoint=True if data_args.resume else None)
     if trainer.interrupted:
         return 0  # stopped by SIGTERM/SIGINT after saving a checkpoint; the message said how to resume

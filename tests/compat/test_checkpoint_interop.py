@@ -284,8 +284,10 @@ def test_foreign_checkpoints_are_found_rotated_and_never_cleaned_up(tmp_path):
     assert [os.path.basename(p) for p in ckpt.remove_incomplete(str(tmp_path))] == [".checkpoint-3.tmp-77"]
     assert (tmp_path / "checkpoint-1").is_dir() and (tmp_path / "checkpoint-9").is_dir()
     assert ckpt.get_last_checkpoint(str(tmp_path)).endswith("checkpoint-2")  # complete beats higher-numbered
+    refusing = Trainer(model=tiny_gpt2(), args=lm_args(tmp_path), train_dataset=data)
+    refusing.refuse_existing_checkpoints = True  # as the CLI does: foreign checkpoints count as existing ones
     with pytest.raises(LmtrainError, match="already holds checkpoints"):
-        Trainer(model=tiny_gpt2(), args=lm_args(tmp_path), train_dataset=data).train()
+        refusing.train()
     ours = Trainer(model=tiny_gpt2(), args=lm_args(tmp_path, max_steps=3, save_steps=1, save_total_limit=2),
                    train_dataset=data)
     assert ours.train(resume_from_checkpoint=True).global_step == 3

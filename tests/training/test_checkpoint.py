@@ -106,16 +106,36 @@ def test_checkpoint_contents_and_incomplete_dirs(tmp_path):
     assert (tmp_path / "checkpoint-9").is_dir()
 
 
-def test_existing_checkpoints_need_resume_or_overwrite(tmp_path):
+def test_existing_checkpoints_warn_and_train_from_scratch_like_transformers(tmp_path, capsys):
+    first = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
+                    data_collator=stack)
+    first.train()
+    capsys.readouterr()
+    again = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
+                    data_collator=stack)
+    assert again.train().global_step == 3  # from scratch: step 1 again, not a resume
+    err = capsys.readouterr().err
+    assert "already holds 1 checkpoint" in err and "--resume_from_checkpoint" in err and "--overwrite_output_dir" in err
+    assert [r["step"] for r in again.state.log_history if "loss" in r][0] == 1
+    # a second train() on the same Trainer is a new run too, with a new schedule
+    assert again.train().global_step == 3
+    lrs = [r["learning_rate"] for r in again.state.log_history if "loss" in r]
+    assert lrs[0] == first.args.learning_rate
+    capsys.readouterr()
+    over = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3, overwrite_output_dir=True),
+                   train_dataset=ragged_dataset(), data_collator=stack)
+    assert over.train().global_step == 3
+    assert "already holds" not in capsys.readouterr().err
+
+
+def test_cli_style_trainer_refuses_existing_checkpoints(tmp_path):
     Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
             data_collator=stack).train()
     again = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3), train_dataset=ragged_dataset(),
                     data_collator=stack)
+    again.refuse_existing_checkpoints = True
     with pytest.raises(LmtrainError, match="already holds checkpoints.*--resume.*--overwrite_output_dir"):
         again.train()
-    over = Trainer(model=tiny_gpt2(), args=args_for(tmp_path, max_steps=3, overwrite_output_dir=True),
-                   train_dataset=ragged_dataset(), data_collator=stack)
-    assert over.train().global_step == 3
 
 
 def test_rotation_keeps_latest_and_best(tmp_path):

@@ -176,9 +176,7 @@ def save_checkpoint(
         with open(os.path.join(tmp, LMTRAIN_STATE), "w", encoding="utf-8") as f:
             json.dump(state.lmtrain_state_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
-        torch.save(args, os.path.join(tmp, "training_args.bin"))  # what transformers writes
-        with open(os.path.join(tmp, "training_args.json"), "w", encoding="utf-8") as f:  # for people
-            f.write(args.to_json_string() + "\n")
+        save_args(args, tmp)
         _fsync_tree(tmp)
         with open(os.path.join(tmp, MARKER), "w") as f:  # written last: its presence means "complete"
             f.write(json.dumps({"step": step}) + "\n")
@@ -344,10 +342,11 @@ def load_training_state(ckpt_dir: str, *, optimizer: Any, scheduler: Any, scaler
     return extra
 
 
-def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
+def resolve_resume(resume: Any, args: Any, is_main: bool, refuse_existing: bool = True) -> Optional[str]:
     """The checkpoint to resume from: a path, the latest complete one for True, or None for a fresh start.
 
-    A fresh start into an output_dir that holds checkpoints needs overwrite_output_dir (one clear line).
+    With `refuse_existing`, a fresh start into an output_dir that holds checkpoints needs
+    overwrite_output_dir (one clear line); the Trainer passes False and warns instead, as transformers trains on.
     """
     out = args.output_dir
     if is_main:
@@ -365,14 +364,15 @@ def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
                                f"trainer_state.json and weights); pass a checkpoint-<step> directory "
                                f"(or resume=True for the latest in {out}).")
         return str(resume)
-    if list_checkpoints(out) and not args.overwrite_output_dir:
-        raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True (CLI: --resume) "
-                           f"to continue, or overwrite_output_dir=True (--overwrite_output_dir) to start over.")
+    if refuse_existing and list_checkpoints(out) and not args.overwrite_output_dir:
+        raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True "
+                           f"(--resume_from_checkpoint, or the CLI's --resume) to continue, or overwrite_output_dir=True "
+                           f"(--overwrite_output_dir) to start over.")
     return None
 
 
-def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> None:
-    """Track metric_for_best_model; the checkpoint saved at this step becomes best_model_checkpoint."""
+def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> bool:
+    """Track metric_for_best_model; True when this evaluation is a new best (transformers' rule)."""
     from ..errors import ConfigError
 
     name = args.metric_for_best_model
@@ -383,3 +383,12 @@ def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> None:
     value, best = metrics[key], state.best_metric
     if best is None or (value > best if args.greater_is_better else value < best):
         state.best_metric, state.best_global_step = value, state.global_step
+        return True
+    return False
+
+
+def save_args(args: Any, out_dir: str) -> None:
+    """The arguments as transformers saves them (training_args.bin) and as JSON for people."""
+    torch.save(args, os.path.join(out_dir, "training_args.bin"))
+    with open(os.path.join(out_dir, "training_args.json"), "w", encoding="utf-8") as f:
+        f.write(args.to_json_string() + "\n")

@@ -231,3 +231,13 @@ def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
             continue
         out.append(cls())
     return out
+
+
+class LogLastStepCallback(TrainerCallback):
+    """Logs the last step of a run whatever logging_steps says (the CLI adds it: a run's final loss is
+    always in log.jsonl; transformers' own flow logs only on its interval)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.logging_strategy != "no":
+            control.should_log = True
+        return control

@@ -826,8 +826,9 @@ def _memory_tracker(args: TrainingArguments) -> Any:
     from transformers.trainer_utils import TrainerMemoryTracker
 
     tracker = TrainerMemoryTracker(skip_memory_metrics=False)
-    caller = sys._getframe(1).f_code.co_name  # the tracker names its stage after train/evaluate/predict
-    tracker.stages.setdefault(caller, tracker.stages.get(caller, "train"))
+    # the tracker names its stage after the function that calls start()/stop: tell it ours
+    stage = tracker.stages.get(sys._getframe(1).f_code.co_name, "train")
+    tracker.stages = {**tracker.stages, "_memory_tracker": stage, "_finish_training": "train"}
     tracker.start()
     return tracker
 
