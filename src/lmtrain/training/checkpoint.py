@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -176,7 +177,13 @@ def save_checkpoint(
         with open(os.path.join(tmp, LMTRAIN_STATE), "w", encoding="utf-8") as f:
             json.dump(state.lmtrain_state_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
-        torch.save(args, os.path.join(tmp, "training_args.bin"))  # what transformers writes
+        args_bin = os.path.join(tmp, "training_args.bin")
+        try:
+            torch.save(args, args_bin)  # what transformers writes
+        except (pickle.PicklingError, TypeError, AttributeError):
+            # e.g. a lambda in the args: resuming never reads this file, and training_args.json stays
+            if os.path.exists(args_bin):
+                os.remove(args_bin)
         with open(os.path.join(tmp, "training_args.json"), "w", encoding="utf-8") as f:  # for people
             f.write(args.to_json_string() + "\n")
         _fsync_tree(tmp)
@@ -204,7 +211,10 @@ def save_checkpoint(
 # ---- finding -----------------------------------------------------------------------------------
 
 def is_complete(path: str) -> bool:
-    """lmtrain's marker is there, or it is a transformers checkpoint: trainer_state.json and weights."""
+    """lmtrain's marker is there, or it is a transformers checkpoint: trainer_state.json and weights.
+
+    (transformers writes trainer_state.json after the weights, optimizer, scheduler and RNG files.)
+    """
     if os.path.isfile(os.path.join(path, MARKER)):
         return True
     return os.path.isfile(os.path.join(path, "trainer_state.json")) and has_weights(path)
