@@ -201,7 +201,6 @@ def test_old_lmtrain_checkpoint_and_sharded_weights_resume_exactly(tmp_path):
             _to_old_format(out / "checkpoint-2")
         else:
             os.remove(out / "checkpoint-2" / "model.safetensors")
-            tiny_gpt2(seed=5).save_pretrained(str(tmp_path / "shard"))  # a config to save with
             model = tiny_gpt2()
             model.load_state_dict(ckpt.read_model_state(str(tmp_path / "full" / "checkpoint-2")), strict=False)
             model.save_pretrained(str(out / "checkpoint-2"), max_shard_size="20KB")

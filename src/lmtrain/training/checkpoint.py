@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -108,27 +109,6 @@ def _rng_file(ckpt_dir: str, rank: int, world_size: int) -> Optional[str]:
 
 # ---- writing -----------------------------------------------------------------------------------
 
-def callback_states(callbacks: List[Any], control: Any) -> Dict[str, Any]:
-    """transformers' `stateful_callbacks`: the `state()` of each ExportableState callback, and TrainerControl's."""
-    out: Dict[str, Any] = {}
-    for cb in list(callbacks) + [control]:
-        if cb is control and not callable(getattr(cb, "state", None)):
-            flags = ("should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log")
-            value: Any = {"args": {k: bool(getattr(cb, k, False)) for k in flags}, "attributes": {}}
-        elif callable(getattr(cb, "state", None)) and not isinstance(cb, type):
-            value = cb.state()
-            if not isinstance(value, dict):  # some other `state`, not transformers' ExportableState
-                continue
-        else:
-            continue
-        name = type(cb).__name__
-        if name in out:  # several of one class: a list, as transformers keeps them
-            out[name] = (out[name] if isinstance(out[name], list) else [out[name]]) + [value]
-        else:
-            out[name] = value
-    return out
-
-
 def save_checkpoint(
     output_dir: str,
     step: int,
@@ -202,7 +182,10 @@ def save_checkpoint(
 # ---- finding -----------------------------------------------------------------------------------
 
 def is_complete(path: str) -> bool:
-    """lmtrain's marker is there, or it is a transformers checkpoint: trainer_state.json and weights."""
+    """lmtrain's marker is there, or it is a transformers checkpoint: trainer_state.json and weights.
+
+    (transformers writes trainer_state.json after the weights, optimizer, scheduler and RNG files.)
+    """
     if os.path.isfile(os.path.join(path, MARKER)):
         return True
     return os.path.isfile(os.path.join(path, "trainer_state.json")) and has_weights(path)
@@ -389,6 +372,12 @@ def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> bool:
 
 def save_args(args: Any, out_dir: str) -> None:
     """The arguments as transformers saves them (training_args.bin) and as JSON for people."""
-    torch.save(args, os.path.join(out_dir, "training_args.bin"))
+    args_bin = os.path.join(out_dir, "training_args.bin")
+    try:
+        torch.save(args, args_bin)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        # e.g. a lambda in the args: resuming never reads this file, and training_args.json stays
+        if os.path.exists(args_bin):
+            os.remove(args_bin)
     with open(os.path.join(out_dir, "training_args.json"), "w", encoding="utf-8") as f:
         f.write(args.to_json_string() + "\n")
