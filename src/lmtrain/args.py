@@ -198,6 +198,10 @@ class TrainingArguments:
     """Recompute activations in the backward pass to save memory."""
     gradient_checkpointing_kwargs: Optional[Union[dict, str]] = None
     """Arguments of the model's gradient_checkpointing_enable (e.g. {"use_reentrant": false})."""
+    activation_checkpointing: Optional[bool] = None
+    """transformers 5's name for gradient_checkpointing (either turns it on)."""
+    activation_checkpointing_kwargs: Optional[Union[dict, str]] = None
+    """transformers 5's name for gradient_checkpointing_kwargs."""
     torch_compile_backend: Optional[str] = None
     """torch.compile backend (setting it turns torch_compile on)."""
     torch_compile_mode: Optional[str] = None
@@ -267,8 +271,6 @@ class TrainingArguments:
     """DDP's static_graph."""
     local_rank: int = -1
     """Set by torchrun through the LOCAL_RANK variable; accepted for compatibility."""
-    push_to_hub: bool = False
-    """Not supported (lmtrain runs without network): said once at start-up when set."""
     enable_jit_checkpoint: bool = False
     """Save a checkpoint on SIGTERM before exiting (lmtrain always does; accepted for transformers 5 scripts)."""
 
@@ -503,7 +505,6 @@ NO_EFFECT_REASONS = {
     "save_on_each_node": "the main process saves; use a shared filesystem across nodes",
     "dataloader_in_order": "each rank reads its own shard of the data",
     "debug": "transformers' debug options are not supported",
-    "activation_checkpointing_kwargs": "read together with activation_checkpointing",
 }
 
 
@@ -513,6 +514,11 @@ def no_effect_reason(name: str) -> str:
         if name == key or (key.endswith("_") and name.startswith(key)):
             return reason
     return "not used by lmtrain"
+
+
+def undeclared_fields(names: Any) -> List[str]:
+    """Of `names`, the transformers fields lmtrain accepts without acting on them (in the given order)."""
+    return [n for n in names if n not in _LMTRAIN_DECLARED and n in hf_training_fields()]
 
 
 def _add_transformers_fields(cls: type) -> type:

@@ -127,11 +127,15 @@ def ineffective_settings(args: Any, plan: RunPlan, rt: Any) -> List[str]:
         note("eval_accumulation_steps", "prediction_loss_only is set")
     if "tensorboard" not in args.report_to and "all" not in args.report_to:
         note("logging_dir", "report_to has no tensorboard")
-    note("group_by_length", "packed blocks all have one length")
-    note("logging_nan_inf_filter", "lmtrain reports non-finite losses")
+    if args.nan_policy != "ignore":
+        note("logging_nan_inf_filter", f"nan_policy={args.nan_policy!r} never averages a non-finite loss in")
     note("do_train", "read by scripts, not by the Trainer")
     note("do_eval", "read by scripts, not by the Trainer")
     note("do_predict", "read by scripts, not by the Trainer")
+    from ..args import no_effect_reason, undeclared_fields
+
+    for name in undeclared_fields(changed):  # transformers fields lmtrain accepts but does not act on
+        out.append(f"{name} ({no_effect_reason(name)})")
     return out
 
 
