@@ -20,12 +20,15 @@ DIFFERENT_DEFAULTS = {
     "gradient_checkpointing": "False instead of None (same meaning)",
     "disable_tqdm": "False instead of None (lmtrain prints plain lines when not on a terminal)",
     "fsdp": "a bool: lmtrain has one FSDP mode (FSDP2 under torchrun)",
+    "report_to": "transformers 4.x: None meant every installed integration; lmtrain: none, as transformers 5",
 }
+SAME = {False: "no"}  # include_num_input_tokens_seen: 4.x spells "no" as False
 
 
 def _default(f: dataclasses.Field):
     value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return getattr(value, "value", value)
+    value = getattr(value, "value", value)
+    return SAME.get(value, value) if f.name == "include_num_input_tokens_seen" else value
 
 
 def test_every_transformers_field_is_accepted_with_its_default():

@@ -93,7 +93,10 @@ def test_warmup_steps_follow_the_installed_transformers(tmp_path):
     from transformers import TrainingArguments
 
     for given in (7, 0.25, 0):
-        hf = TrainingArguments(output_dir=str(tmp_path), warmup_steps=given, report_to="none", use_cpu=True)
+        try:
+            hf = TrainingArguments(output_dir=str(tmp_path), warmup_steps=given, report_to="none", use_cpu=True)
+        except ValueError:  # transformers 4.x: warmup_steps must be an int (a ratio is warmup_ratio there)
+            continue
         assert warmup_steps(SimpleNamespace(warmup_steps=given), 40) == hf.get_warmup_steps(40)
         assert warmup_steps(hf, 40) == hf.get_warmup_steps(40)
     assert warmup_steps(SimpleNamespace(warmup_steps=0, warmup_ratio=0.1), 40) == 4
