@@ -53,10 +53,18 @@ def decay_parameter_names(model: torch.nn.Module) -> List[str]:
 
     (LayerNorm modules and names matching bias/layernorm/rmsnorm/norm are excluded in recent versions.)
     """
-    from transformers import Trainer
+    # transformers 4.46-5.x: parameters of nn.LayerNorm modules and names matching these patterns (lowercased)
+    # get no decay. Written out here: importing transformers.trainer for it costs a second at start-up.
+    patterns = [re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")]
 
-    # The method reads nothing from `self` in 4.46-5.x; calling it keeps the rule of whatever is installed.
-    return list(Trainer.get_decay_parameter_names(None, model))
+    def names(module: torch.nn.Module) -> List[str]:
+        out = []
+        for child_name, child in module.named_children():
+            out += [f"{child_name}.{n}" for n in names(child) if not isinstance(child, torch.nn.LayerNorm)
+                    and not any(p.search(f"{child_name}.{n}".lower()) for p in patterns)]
+        return out + [k for k in module._parameters if not any(p.search(k.lower()) for p in patterns)]
+
+    return names(model)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
@@ -139,10 +147,15 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Optional[torch.nn.Module] = N
     `optim_args` ("k=v,k2=v2") is honoured as there. A name whose package is missing, or that the
     installed transformers does not know, raises ConfigError with the fix.
     """
+    name = _value(getattr(args, "optim", "adamw_torch"))
+    if name in ("adamw_torch", "adamw_torch_fused") and not getattr(args, "optim_args", None):
+        # transformers' kwargs for torch's AdamW, without importing transformers.trainer (a second at start-up)
+        kwargs: Dict[str, Any] = {"lr": args.learning_rate, "betas": (getattr(args, "adam_beta1", 0.9),
+                                  getattr(args, "adam_beta2", 0.999)), "eps": getattr(args, "adam_epsilon", 1e-8)}
+        return torch.optim.AdamW, {**kwargs, "fused": True} if name == "adamw_torch_fused" else kwargs
     from transformers import Trainer
     from transformers.training_args import OptimizerNames
 
-    name = _value(getattr(args, "optim", "adamw_torch"))
     try:
         optim = OptimizerNames(name)
     except ValueError:
