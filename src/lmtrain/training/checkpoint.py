@@ -376,7 +376,9 @@ def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> bool:
                           f"{sorted(metrics)}; pick one of those.")
     value, best = metrics[key], state.best_metric
     if best is None or (value > best if args.greater_is_better else value < best):
-        state.best_metric, state.best_global_step = value, state.global_step
+        state.best_metric = value
+        if args.save_strategy != "no":  # transformers names the best step only when checkpoints are saved
+            state.best_global_step = state.global_step
         return True
     return False
 

@@ -43,7 +43,9 @@ def run_training(trainer: "Trainer", model: torch.nn.Module, loader: Any, plan: 
             train_step(trainer, model, micro_batches, plan, window, stop)
             if trainer.control.should_epoch_stop or trainer.control.should_training_stop:
                 break
-        if state.batches_in_epoch >= plan.batches_per_epoch:  # the epoch is done: the position moves on
+        epoch_stopped = trainer.control.should_epoch_stop and not trainer.control.should_training_stop
+        if state.batches_in_epoch >= plan.batches_per_epoch or epoch_stopped:
+            # the epoch is done (or a callback ended it: transformers' next epoch starts a new pass)
             state.data_epoch, state.batches_in_epoch = state.data_epoch + 1, 0
         if stop.signal is not None:
             break  # SIGTERM/SIGINT: the step's checkpoint is saved; no end-of-epoch evaluation on the way out
