@@ -19,7 +19,7 @@ from tests.conftest import tiny_gpt2  # noqa: E402
 LIBS = {"hf": transformers, "lm": lmtrain}
 EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
           "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end", "on_step_end", "on_evaluate", "on_save",
-          "on_log")
+          "on_log", "on_prediction_step", "on_predict", "on_push_begin")
 
 
 def dataset(n: int = 16, seq: int = 8, seed: int = 1) -> List[Dict[str, torch.Tensor]]:
@@ -54,6 +54,13 @@ def recorder(lib: Any, trainer_ref: Optional[list] = None) -> Any:
 
     for name in EVENTS:
         setattr(Recorder, name, make(name))
+
+    def unknown(self, name: str):  # an event neither library's base class names: recorded too
+        if name.startswith("on_"):
+            return make(name).__get__(self)
+        raise AttributeError(name)
+
+    Recorder.__getattr__ = unknown
     return Recorder()
 
 
@@ -143,9 +150,9 @@ def test_should_epoch_stop_from_a_callback(tmp_path):
     assert steps_of(lm_rec) == steps_of(hf_rec)
 
 
-@pytest.mark.parametrize("at", [2, 4])
-def test_resume_events_and_train_metrics(tmp_path, at):
-    kw = dict(max_steps=6, n_train=8, gradient_accumulation_steps=2, logging_steps=2, save_strategy="steps",
+@pytest.mark.parametrize("at, n_train", [(2, 16), (4, 8)])  # mid-epoch; at an epoch's end
+def test_resume_events_and_train_metrics(tmp_path, at, n_train):
+    kw = dict(max_steps=6, n_train=n_train, gradient_accumulation_steps=2, logging_steps=2, save_strategy="steps",
               save_steps=2, eval_strategy="epoch")
     recs, whole = {}, {}
     for name in LIBS:
@@ -319,9 +326,10 @@ def inf_at(step: int):
     return make
 
 
-@pytest.mark.parametrize("nan_filter", [True, False])
-def test_nan_inf_filter_logs_what_transformers_logs(tmp_path, nan_filter):
-    kw = dict(max_steps=6, logging_steps=3, logging_nan_inf_filter=nan_filter, trainer_cls=inf_at(2))
+@pytest.mark.parametrize("nan_filter, ga", [(True, 1), (True, 2), (False, 1)])
+def test_nan_inf_filter_logs_what_transformers_logs(tmp_path, nan_filter, ga):
+    kw = dict(max_steps=6, logging_steps=3, logging_nan_inf_filter=nan_filter, trainer_cls=inf_at(2),
+              gradient_accumulation_steps=ga)
     hf_t, hf_rec = run("hf", tmp_path, **kw)
     lm_t, lm_rec = run("lm", tmp_path, nan_policy="ignore", **kw)
     hf_losses = [log["loss"] for _, log in hf_rec.logs if "loss" in log]

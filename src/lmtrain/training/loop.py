@@ -67,7 +67,8 @@ def train_step(trainer: "Trainer", model: torch.nn.Module, micro_batches: List[D
     for i, batch in enumerate(micro_batches):
         window.tokens += batch_tokens(batch)
         with trainer.rt.no_sync(model, last_micro_batch=i == last):
-            step_loss += trainer.training_step(model, trainer._prepare_inputs(batch), num_items)
+            loss = trainer.training_step(model, trainer._prepare_inputs(batch), num_items)
+            step_loss += window.filtered(loss, step_loss) if window.nan_inf_filter else loss
         if i < last:
             trainer._fire_event("on_substep_end")
     grad_norm, skipped, lr = trainer._optimizer_step(model)
