@@ -117,6 +117,8 @@ FLOWS = {
     "epoch_save_max_steps": dict(max_steps=6, n_train=8, save_strategy="epoch", eval_strategy="epoch",
                                  logging_strategy="no"),
     "best_without_saving": dict(max_steps=4, eval_strategy="steps", eval_steps=2, metric_for_best_model="loss"),
+    "eval_delay_epoch": dict(num_train_epochs=3, n_train=8, eval_strategy="epoch", eval_delay=2,
+                             logging_strategy="epoch"),
     "epoch_tail_ga": dict(num_train_epochs=2, n_train=10, gradient_accumulation_steps=2, logging_steps=2,
                           eval_strategy="epoch", save_strategy="epoch"),
 }
@@ -175,6 +177,36 @@ def test_resume_events_and_train_metrics(tmp_path, at, n_train):
     assert hf_train["train_loss"] == pytest.approx(sum(step_losses) / len(step_losses), rel=1e-4)
     assert lm_train["train_loss"] == pytest.approx(whole["lm"][-1][1]["train_loss"], rel=1e-6)
     assert whole["lm"][-1][1]["train_loss"] == pytest.approx(whole["hf"][-1][1]["train_loss"], rel=1e-4)
+
+
+def flag_setter(lib, event: str, step: int, flag: str):
+    class SetFlag(lib.TrainerCallback):
+        pass
+
+    def handler(self, args, state, control, **kwargs):
+        if state.global_step == step:
+            setattr(control, flag, True)
+
+    setattr(SetFlag, event, handler)
+    return SetFlag()
+
+
+@pytest.mark.parametrize("event, step, flag", [
+    ("on_step_begin", 2, "should_training_stop"),
+    ("on_epoch_begin", 0, "should_training_stop"),
+    ("on_log", 2, "should_save"),
+    ("on_evaluate", 2, "should_training_stop"),
+    ("on_optimizer_step", 2, "should_log"),
+    ("on_substep_end", 1, "should_evaluate"),
+    ("on_save", 4, "should_training_stop"),
+])
+def test_flags_set_by_a_user_callback(tmp_path, event, step, flag):
+    kw = dict(max_steps=6, gradient_accumulation_steps=2, logging_steps=2, eval_strategy="steps", eval_steps=2,
+              save_strategy="steps", save_steps=4)
+    hf_t, hf_rec = run("hf", tmp_path, callbacks=[flag_setter(transformers, event, step, flag)], **kw)
+    lm_t, lm_rec = run("lm", tmp_path, callbacks=[flag_setter(lmtrain, event, step, flag)], **kw)
+    assert steps_of(lm_rec) == steps_of(hf_rec)
+    assert checkpoints(lm_t.args.output_dir) == checkpoints(hf_t.args.output_dir)
 
 
 def test_should_save_seen_on_epoch_end_every_epoch(tmp_path):
@@ -271,9 +303,9 @@ def test_early_stopping_counter_restored_on_resume(tmp_path):
 
 # ---- 5. save_total_limit -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("limit", [1, 2])
-def test_save_total_limit_keeps_the_same_checkpoints(tmp_path, limit):
-    kw = dict(max_steps=8, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+@pytest.mark.parametrize("limit, strategy", [(1, "steps"), (2, "steps"), (2, "best")])
+def test_save_total_limit_keeps_the_same_checkpoints(tmp_path, limit, strategy):
+    kw = dict(max_steps=8, eval_strategy="steps", eval_steps=1, save_strategy=strategy, save_steps=1,
               metric_for_best_model="loss", learning_rate=5e-2, load_best_model_at_end=True, save_total_limit=limit)
     (hf_t, _), (lm_t, _) = both(tmp_path, **kw)
     assert checkpoints(lm_t.args.output_dir) == checkpoints(hf_t.args.output_dir)

@@ -71,6 +71,8 @@ def train_step(trainer: "Trainer", model: torch.nn.Module, micro_batches: List[D
             step_loss += window.filtered(loss, step_loss) if window.nan_inf_filter else loss
         if i < last:
             trainer._fire_event("on_substep_end")
+            if trainer.control.should_epoch_stop or trainer.control.should_training_stop:
+                return  # transformers leaves the step after this micro-batch: no optimizer step, no step end
     grad_norm, skipped, lr = trainer._optimizer_step(model)
     window.add(step_loss, grad_norm, state.global_step + 1, skipped, lr)
     state.global_step += 1
