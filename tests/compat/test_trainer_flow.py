@@ -22,6 +22,15 @@ EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on
           "on_log", "on_prediction_step", "on_predict", "on_push_begin")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster than two fighting over a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def dataset(n: int = 16, seq: int = 8, seed: int = 1) -> List[Dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 64, (n, seq), generator=g)
@@ -244,7 +253,7 @@ def _weights(path_or_model) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in path_or_model.state_dict().items()}
 
 
-BEST = dict(max_steps=8, eval_strategy="steps", eval_steps=1, save_strategy="best", metric_for_best_model="loss",
+BEST = dict(max_steps=6, eval_strategy="steps", eval_steps=1, save_strategy="best", metric_for_best_model="loss",
             learning_rate=5e-2, load_best_model_at_end=True)
 
 
@@ -264,7 +273,7 @@ def test_save_best_and_load_best(tmp_path):
 
 # ---- 4. early stopping -------------------------------------------------------------------------
 
-EARLY = dict(max_steps=8, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+EARLY = dict(max_steps=6, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
              metric_for_best_model="loss", greater_is_better=True, load_best_model_at_end=True)
 
 
@@ -272,7 +281,7 @@ def test_early_stopping_stops_at_the_same_step(tmp_path):
     early = {name: (lambda lib=lib: lib.EarlyStoppingCallback(early_stopping_patience=2)) for name, lib in LIBS.items()}
     hf_t, hf_rec = run("hf", tmp_path, callbacks=[early["hf"]()], **EARLY)
     lm_t, lm_rec = run("lm", tmp_path, callbacks=[early["lm"]()], **EARLY)
-    assert lm_t.state.global_step == hf_t.state.global_step < 8
+    assert lm_t.state.global_step == hf_t.state.global_step < 6
     assert steps_of(lm_rec) == steps_of(hf_rec)
 
 
@@ -305,7 +314,7 @@ def test_early_stopping_counter_restored_on_resume(tmp_path):
 
 @pytest.mark.parametrize("limit, strategy", [(1, "steps"), (2, "steps"), (2, "best")])
 def test_save_total_limit_keeps_the_same_checkpoints(tmp_path, limit, strategy):
-    kw = dict(max_steps=8, eval_strategy="steps", eval_steps=1, save_strategy=strategy, save_steps=1,
+    kw = dict(max_steps=5, eval_strategy="steps", eval_steps=1, save_strategy=strategy, save_steps=1,
               metric_for_best_model="loss", learning_rate=5e-2, load_best_model_at_end=True, save_total_limit=limit)
     (hf_t, _), (lm_t, _) = both(tmp_path, **kw)
     assert checkpoints(lm_t.args.output_dir) == checkpoints(hf_t.args.output_dir)
