@@ -262,6 +262,17 @@ def rotate_checkpoints(output_dir: str, limit: Optional[int], best: Optional[str
     return removed
 
 
+def keep_only(output_dir: str, keep: str) -> List[str]:
+    """End of a run with save_total_limit=1 and a best checkpoint: delete every other checkpoint (transformers'
+    _finalize_training), so the one checkpoint left is the best."""
+    if not os.path.isdir(keep):
+        return []
+    removed = [c for c in list_checkpoints(output_dir) if not os.path.samefile(c, keep)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
 # ---- loading -----------------------------------------------------------------------------------
 
 def read_optimizer_state(ckpt_dir: str) -> Dict[str, Any]:
@@ -365,7 +376,9 @@ def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> bool:
                           f"{sorted(metrics)}; pick one of those.")
     value, best = metrics[key], state.best_metric
     if best is None or (value > best if args.greater_is_better else value < best):
-        state.best_metric, state.best_global_step = value, state.global_step
+        state.best_metric = value
+        if args.save_strategy != "no":  # transformers names the best step only when checkpoints are saved
+            state.best_global_step = state.global_step
         return True
     return False
 

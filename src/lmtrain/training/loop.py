@@ -43,7 +43,9 @@ def run_training(trainer: "Trainer", model: torch.nn.Module, loader: Any, plan: 
             train_step(trainer, model, micro_batches, plan, window, stop)
             if trainer.control.should_epoch_stop or trainer.control.should_training_stop:
                 break
-        if state.batches_in_epoch >= plan.batches_per_epoch:  # the epoch is done: the position moves on
+        epoch_stopped = trainer.control.should_epoch_stop and not trainer.control.should_training_stop
+        if state.batches_in_epoch >= plan.batches_per_epoch or epoch_stopped:
+            # the epoch is done (or a callback ended it: transformers' next epoch starts a new pass)
             state.data_epoch, state.batches_in_epoch = state.data_epoch + 1, 0
         if stop.signal is not None:
             break  # SIGTERM/SIGINT: the step's checkpoint is saved; no end-of-epoch evaluation on the way out
@@ -65,9 +67,12 @@ def train_step(trainer: "Trainer", model: torch.nn.Module, micro_batches: List[D
     for i, batch in enumerate(micro_batches):
         window.tokens += batch_tokens(batch)
         with trainer.rt.no_sync(model, last_micro_batch=i == last):
-            step_loss += trainer.training_step(model, trainer._prepare_inputs(batch), num_items)
+            loss = trainer.training_step(model, trainer._prepare_inputs(batch), num_items)
+            step_loss += window.filtered(loss, step_loss) if window.nan_inf_filter else loss
         if i < last:
             trainer._fire_event("on_substep_end")
+            if trainer.control.should_epoch_stop or trainer.control.should_training_stop:
+                return  # transformers leaves the step after this micro-batch: no optimizer step, no step end
     grad_norm, skipped, lr = trainer._optimizer_step(model)
     window.add(step_loss, grad_norm, state.global_step + 1, skipped, lr)
     state.global_step += 1

@@ -630,6 +630,8 @@ class Trainer:
         self.log(metrics)
         if self.args.load_best_model_at_end and state.best_model_checkpoint and stop.signal is None:
             ckpt.load_model_weights(self.model, state.best_model_checkpoint)
+        if self.rt.is_main and state.best_model_checkpoint and self.args.save_total_limit == 1:
+            ckpt.keep_only(self.args.output_dir, state.best_model_checkpoint)  # transformers: the best one stays
         self.control = self._fire("on_train_end")
         self.is_in_train = False
         return TrainOutput(state.global_step, train_loss, metrics)

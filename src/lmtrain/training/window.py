@@ -42,14 +42,17 @@ class LogWindow:
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
         self.lr = lr
         counted = torch.where(skipped, torch.zeros_like(step_loss), step_loss)  # a skipped step is not averaged in
-        if self.nan_inf_filter:  # transformers: a non-finite step adds sum/(steps + 1) of the window so far
-            mean = self.loss_sum / (self.steps + 1)
-            counted = torch.where(torch.isfinite(counted), counted, mean)
         self.loss_sum += counted
         self.all_loss_sum += counted
         self.skipped += skipped.to(self.skipped.dtype)
         self.grad_norm = grad_norm
         self.steps += 1
+
+    def filtered(self, loss: torch.Tensor, step_so_far: torch.Tensor) -> torch.Tensor:
+        """logging_nan_inf_filter, per micro-batch as transformers does it: a non-finite loss counts as the
+        window's sum so far (this step's earlier micro-batches included) over its steps + 1. No sync."""
+        mean = (self.loss_sum + step_so_far) / (self.steps + 1)
+        return torch.where(torch.isfinite(loss), loss, mean.to(loss.dtype))
 
     def bad_step(self) -> int:
         """First step in this run whose loss or gradients were not finite (-1: none). Synchronises."""
