@@ -315,7 +315,9 @@ class Trainer:
         if loss_sum is None:
             raise ConfigError(f"the model did not return a loss, only {', '.join(outputs.keys())}; pass labels "
                               f"(named in label_names) or override compute_loss.")
-        if num_items_in_batch is None:
+        if num_items_in_batch is None or (not self.model_accepts_loss_kwargs and _overrides(self, "compute_loss")):
+            # transformers' default compute_loss gives a model that takes no loss kwargs its own batch mean
+            # (and training_step divides it by the micro-batches): a subclass calling super() gets the same
             labels = inputs.get(self.label_names[0])
             num_items_in_batch = items if items >= 0 else count_label_tokens(
                 labels.cpu(), self.shift if labels.dim() > 1 else 0)
@@ -702,8 +704,8 @@ class Trainer:
             return StepOutput(loss_sum, weight, None, None)
         if items >= 0:  # the model computed its own loss: its outputs' other entries are the predictions
             logits = outputs_to_predictions(outputs, labels is not None, self._fast_ignore)
-        else:
-            logits = output_logits(outputs).detach()
+        else:  # the forward ran without labels: every output but ignore_keys (the logits, usually alone)
+            logits = outputs_to_predictions(outputs, isinstance(outputs, dict), self._fast_ignore)
         return StepOutput(loss_sum, weight, logits, self._batch_labels(batch) if has_labels else None)
 
     def _compat_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
