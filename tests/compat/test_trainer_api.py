@@ -167,13 +167,19 @@ def test_regression_training_with_accumulation(tmp_path, override):
 def test_compute_loss_func_like_transformers(tmp_path):
     train, evald = lm_data(12), lm_data(10, seed=2)
 
+    kinds = {lib: set() for lib in LIBS}
+    current = None
+
     def loss_func(outputs, labels, num_items_in_batch=None):
+        kinds[current].add(type(num_items_in_batch))
         logits = outputs["logits"][:, :-1].float()
         total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1).to(logits.device),
                                 ignore_index=-100, reduction="sum")
         return total / num_items_in_batch
 
     def run(lib):
+        nonlocal current
+        current = lib
         t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
                          compute_loss_func=loss_func, args_kw={"optim": "adamw_torch"})
         before = t.evaluate()["eval_loss"]
@@ -184,6 +190,7 @@ def test_compute_loss_func_like_transformers(tmp_path):
     assert r["lm"][0] == pytest.approx(r["hf"][0], abs=1e-5, rel=0)
     assert r["lm"][2] == pytest.approx(r["hf"][2], abs=1e-4, rel=0)
     assert r["lm"][1] == pytest.approx(r["hf"][1], abs=1e-4, rel=0)
+    assert kinds["lm"] == kinds["hf"] == {torch.Tensor}  # num_items_in_batch, in training and evaluation
 
 
 # ---- 3. overrides are called and used ----------------------------------------------------------------
@@ -610,14 +617,25 @@ def test_hyperparameter_search_optuna(tmp_path):
     def space(trial):
         return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)}
 
-    def run(lib):
+    def run(lib, evals):
+        base = transformers.TrainerCallback if lib == "hf" else lmtrain.TrainerCallback
+
+        class CountEvals(base):
+            def on_evaluate(self, args, state, control, **kwargs):
+                evals.append(state.global_step)
+
         t = make_trainer(lib, tmp_path, model_init=lambda: gpt2(), train_dataset=train, eval_dataset=evald,
-                         args_kw={"max_steps": 2, "save_strategy": "steps", "save_steps": 2})
+                         callbacks=[CountEvals()],
+                         args_kw={"max_steps": 2, "save_strategy": "steps", "save_steps": 2,
+                                  "eval_strategy": "steps", "eval_steps": 2})
         best = t.hyperparameter_search(hp_space=space, n_trials=2, direction="minimize", backend="optuna",
                                        sampler=optuna.samplers.TPESampler(seed=0))
         return t, best
 
-    r = both(run)
+    evals = {lib: [] for lib in LIBS}
+    r = {lib: run(lib, evals[lib]) for lib in LIBS}
+    # the objective is the evaluation during training: no second evaluation after it
+    assert evals["lm"] == evals["hf"] == [2, 2]
     for lib, (t, best) in r.items():
         assert best.run_id in ("0", "1")
         assert isinstance(best.objective, float) and math.isfinite(best.objective)

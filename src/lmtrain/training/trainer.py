@@ -330,9 +330,13 @@ class Trainer:
         model.train()
         if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes
             self.optimizer.train()
+        custom = self._custom_loss()
+        if custom and isinstance(num_items_in_batch, int):
+            # transformers hands a custom loss a tensor (.item(), .to() work); a 0-d CPU one costs no sync
+            num_items_in_batch = torch.tensor(num_items_in_batch)
         with self.rt.autocast():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        if self._custom_loss():
+        if custom:
             # transformers' rule: a loss not already normalised over the step is divided by the micro-batches
             scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
                 self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
