@@ -164,7 +164,8 @@ def test_regression_training_with_accumulation(tmp_path, override):
 
 # ---- 2. compute_loss_func --------------------------------------------------------------------------
 
-def test_compute_loss_func_like_transformers(tmp_path):
+@pytest.mark.parametrize("ga", [1, 2])
+def test_compute_loss_func_like_transformers(tmp_path, ga):
     train, evald = lm_data(12), lm_data(10, seed=2)
 
     kinds = {lib: set() for lib in LIBS}
@@ -181,7 +182,9 @@ def test_compute_loss_func_like_transformers(tmp_path):
         nonlocal current
         current = lib
         t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
-                         compute_loss_func=loss_func, args_kw={"optim": "adamw_torch"})
+                         compute_loss_func=loss_func,
+                         args_kw={"optim": "adamw_torch", "gradient_accumulation_steps": ga,
+                                  "per_device_train_batch_size": 4 // ga})
         before = t.evaluate()["eval_loss"]
         t.train()
         return before, t.evaluate()["eval_loss"], train_losses(t)
@@ -662,12 +665,16 @@ def test_hyperparameter_search_errors(tmp_path, monkeypatch):
 
 # ---- 8. label smoothing ------------------------------------------------------------------------------
 
-def test_label_smoothing_like_transformers(tmp_path):
-    train, evald = lm_data(12, masked=False), lm_data(8, seed=2, masked=False)
+@pytest.mark.parametrize("ga", [1, 2])
+def test_label_smoothing_like_transformers(tmp_path, ga):
+    # unmasked, equal-length evaluation rows: lmtrain's token-weighted eval_loss equals transformers' mean
+    # of batch means; training rows are masked differently, the step loss is over the step's tokens in both
+    train, evald = lm_data(12, masked=True), lm_data(8, seed=2, masked=False)
 
     def run(lib):
         t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
-                         args_kw={"label_smoothing_factor": 0.1, "optim": "adamw_torch"})
+                         args_kw={"label_smoothing_factor": 0.1, "optim": "adamw_torch",
+                                  "gradient_accumulation_steps": ga, "per_device_train_batch_size": 4 // ga})
         before = t.evaluate()["eval_loss"]
         t.train()
         return before, t.evaluate()["eval_loss"], train_losses(t)
