@@ -67,9 +67,8 @@ def _to_numpy(t: Any) -> Any:
     if isinstance(t, dict):
         return {k: _to_numpy(v) for k, v in t.items()}
     if isinstance(t, torch.Tensor):
-        t = t.detach()
-        t = t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
-        return np.atleast_1d(t.cpu().numpy())  # one number per batch (or example) still concatenates
+        t = t.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
     return t
 
 
@@ -80,6 +79,7 @@ def pad_concat(a: Any, b: Any, pad: int = -100) -> Any:
         return type(a)(pad_concat(x, y, pad) for x, y in zip(a, b))
     if isinstance(a, dict):
         return {k: pad_concat(a[k], b[k], pad) for k in a}
+    a, b = np.atleast_1d(a), np.atleast_1d(b)  # one number per batch (or example) still concatenates
     if a.ndim < 2 or a.shape[1:] == b.shape[1:]:
         return np.concatenate([a, b], axis=0)
     shape = (a.shape[0] + b.shape[0], max(a.shape[1], b.shape[1]), *a.shape[2:])
@@ -137,11 +137,13 @@ def evaluation_loop(
     batch_eval_metrics: bool = False,
     nan_inf_filter: bool = True,
     main_input_name: str = "input_ids",
+    keep_predictions: bool = False,
 ) -> EvalLoopOutput:
     """Run `step` over `dataloader` without gradients; loss = sum of loss sums / sum of weights.
 
     `nan_inf_filter` (transformers' logging_nan_inf_filter): batches whose loss is not finite are left
-    out of the mean, as long as some batch is finite.
+    out of the mean, as long as some batch is finite. With `batch_eval_metrics` compute_metrics sees one
+    batch at a time and nothing is kept, unless `keep_predictions` (predict(), as transformers).
     """
     model.eval()
     start = time.perf_counter()
@@ -154,31 +156,39 @@ def evaluation_loop(
     metrics: Dict[str, float] = {}
     with torch.no_grad():
         for batches, batch in enumerate(dataloader, start=1):
-            num_samples += len(next(iter(batch.values())))
+            observed = find_batch_size(batch) or 0
+            num_samples += observed
             input_tokens += batch_tokens(batch)
             batch = to_device(batch, device)
             out = step(model, batch)
+            batch_losses = None
             if out.loss_sum is not None:
                 loss_sums.append(out.loss_sum.detach().double().reshape(()))
                 weights.append(out.weight)
-            logits = None if prediction_loss_only else out.logits
+                # transformers' losses array: the batch's mean loss once per example
+                batch_losses = (out.loss_sum.detach() / max(out.weight, 1)).reshape(1).repeat(max(observed, 1))
+            logits = out.logits
             if logits is not None and preprocess_logits_for_metrics is not None:
                 logits = preprocess_logits_for_metrics(logits, out.labels)
-            keep_all = not batch_eval_metrics
-            if logits is not None and keep_all:
-                preds.add(logits)
-                labels.add(None if out.labels is None else _detach(out.labels))
+            keep_all = not batch_eval_metrics or keep_predictions
+            if keep_all:
+                if "loss" in include:
+                    losses_g.add(batch_losses)
                 if "inputs" in include:
                     inputs_g.add(batch.get(main_input_name))
-                if "loss" in include and out.loss_sum is not None:
-                    losses_g.add((out.loss_sum / max(out.weight, 1)).reshape(1))
-            if batch_eval_metrics and compute_metrics is not None and logits is not None and out.labels is not None:
-                last = hasattr(dataloader, "__len__") and batches == len(dataloader)
-                metrics = compute_metrics(EvalPrediction(logits, out.labels), compute_result=last)
-            for g in gather:
-                g.maybe_flush(batches)
+                preds.add(logits)
+                labels.add(None if out.labels is None else _detach(out.labels))
             if on_batch is not None:
                 on_batch()
+            if batch_eval_metrics:
+                if compute_metrics is not None and logits is not None and out.labels is not None:
+                    last = hasattr(dataloader, "__len__") and batches == len(dataloader)
+                    metrics = compute_metrics(EvalPrediction(
+                        logits, out.labels, inputs=batch if "inputs" in include else None,
+                        losses=batch_losses if "loss" in include else None), compute_result=last)
+            else:
+                for g in gather:
+                    g.maybe_flush(batches)
     runtime = time.perf_counter() - start
     if loss_sums:
         sums = torch.stack(loss_sums).cpu().numpy()  # one synchronisation for the whole set
@@ -206,6 +216,21 @@ def evaluation_loop(
     return EvalLoopOutput(predictions, label_ids, prefixed, num_samples)
 
 
+def find_batch_size(batch: Any) -> Optional[int]:
+    """First dimension of the first tensor in a (nested) batch, as transformers' find_batch_size."""
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for t in batch:
+            size = find_batch_size(t)
+            if size is not None:
+                return size
+        return None
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        return batch.shape[0] if batch.ndim >= 1 else None
+    return None
+
+
 def _detach(t: Any) -> Any:
     if isinstance(t, (list, tuple)):
         return type(t)(_detach(x) for x in t)
@@ -215,8 +240,9 @@ def _detach(t: Any) -> Any:
 def outputs_to_predictions(outputs: Any, has_loss: bool, ignore_keys: List[str]) -> Any:
     """transformers' rule for what a model output contributes as predictions: every entry but the loss
     (and `ignore_keys`, e.g. past_key_values), a single tensor when only one is left."""
-    if isinstance(outputs, dict):
-        logits = tuple(v for k, v in outputs.items() if k not in [*ignore_keys, "loss"])
+    if isinstance(outputs, dict):  # without labels transformers keeps every key but ignore_keys
+        drop = [*ignore_keys, "loss"] if has_loss else list(ignore_keys)
+        logits = tuple(v for k, v in outputs.items() if k not in drop)
     elif isinstance(outputs, (tuple, list)):
         logits = tuple(outputs[1:] if has_loss else outputs)
     else:

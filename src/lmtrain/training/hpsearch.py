@@ -1,8 +1,9 @@
 """`Trainer.hyperparameter_search` with optuna, as transformers' (backend "optuna"; others say so).
 
 Each trial copies the arguments with the trial's values, re-creates the model with `model_init`,
-trains into `output_dir/run-<trial number>`, evaluates, and returns the objective: `compute_objective`
-of the metrics, by default the eval loss when it is the only metric, else the sum of the metrics.
+trains into `output_dir/run-<trial number>`, and returns the objective: `compute_objective` of the last
+evaluation during training (or of one evaluation after it, when training did not evaluate), by default
+the eval loss when it is the only metric, else the sum of the metrics.
 """
 
 from __future__ import annotations
@@ -60,18 +61,26 @@ def apply_trial(trainer: Any, trial: Any) -> None:
     run = f"run-{getattr(trial, 'number', 0)}" if trainer.hp_name is None else trainer.hp_name(trial)
     output_dir = os.path.join(trainer._search_output_dir, run) if getattr(trainer, "_search_output_dir", None) \
         else trainer.args.output_dir
+    # cast to the field's type, as transformers does (an int suggestion for a float field...)
+    params = {k: type(getattr(trainer.args, k))(v) if getattr(trainer.args, k) is not None else v
+              for k, v in params.items()}
     trainer.args = dataclasses.replace(trainer.args, output_dir=output_dir, **params)
 
 
 def report_to_trial(trainer: Any, metrics: Dict[str, float]) -> None:
     """Intermediate objective for optuna's pruners; a pruned trial stops training."""
     trial = trainer._trial
-    if not hasattr(trial, "report"):
+    if getattr(trainer, "_compute_objective", None) is None:
         return
-    trial.report(trainer._compute_objective(metrics), trainer.state.global_step)
+    trainer.objective = trainer._compute_objective(dict(metrics))  # the trial's result, unless evaluated again
+    study = getattr(trial, "study", None)
+    if not hasattr(trial, "report") or (study is not None and study._is_multi_objective()):
+        return
+    trial.report(trainer.objective, trainer.state.global_step)
     if trial.should_prune():
         import optuna
 
+        trainer.control = trainer._fire("on_train_end")
         raise optuna.TrialPruned()
 
 
@@ -89,25 +98,30 @@ def run_search(trainer: Any, hp_space: Optional[Callable], compute_objective: Op
 
     base_args = trainer.args
     trainer.hp_search_backend, trainer.hp_name = backend, hp_name
-    trainer._hp_space = hp_space or default_hp_space
-    trainer._compute_objective = compute_objective or default_compute_objective
+    trainer._hp_space = trainer.hp_space = hp_space or default_hp_space  # transformers' attribute names too
+    trainer._compute_objective = trainer.compute_objective = compute_objective or default_compute_objective
     trainer._search_output_dir = base_args.output_dir
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Any) -> Any:
         trainer.args = base_args
+        trainer.objective = None
         trainer.train(trial=trial)
-        metrics = trainer.evaluate()
-        return trainer._compute_objective(metrics)
+        if trainer.objective is None:  # transformers: evaluate only when training did not
+            trainer.objective = trainer._compute_objective(trainer.evaluate())
+        return trainer.objective
 
     timeout = kwargs.pop("timeout", None)
     n_jobs = kwargs.pop("n_jobs", 1)
     gc_after_trial = kwargs.pop("gc_after_trial", False)
+    catch = kwargs.pop("catch", ())
     directions = direction if isinstance(direction, list) else None
     study = optuna.create_study(direction=None if directions else direction, directions=directions, **kwargs)
     try:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, gc_after_trial=gc_after_trial)
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, gc_after_trial=gc_after_trial,
+                       catch=catch)
     finally:
         trainer.args, trainer._trial, trainer._search_output_dir = base_args, None, None
+        trainer.hp_search_backend = None
     if directions:
         return [BestRun(str(t.number), t.values, t.params) for t in study.best_trials]
     best = study.best_trial

@@ -27,7 +27,8 @@ from . import optim
 from .callbacks import (CallbackHandler, DefaultFlowCallback, TrainerControl, callback_states,
                         restore_callback_states)
 from .data import KeepColumns, drop_unused_columns, example_lengths, forward_columns, make_loader, to_device
-from .evaluate import EvalLoopOutput, PredictionOutput, StepOutput, evaluation_loop, outputs_to_predictions
+from .evaluate import (EvalLoopOutput, PredictionOutput, StepOutput, _detach, evaluation_loop, find_batch_size,
+                       outputs_to_predictions)
 from .flops import mfu_scale
 from .loop import run_training
 from .loss import count_label_tokens, label_shift, output_logits, token_loss_sum
@@ -179,9 +180,12 @@ class Trainer:
             return len(dataloader) * self.args.per_device_train_batch_size
 
     def floating_point_ops(self, inputs: Dict[str, Any]) -> int:
-        """Forward+backward FLOPs of a batch, from the model's own estimate (0 when it has none)."""
-        counter = getattr(unwrap(self.model), "floating_point_ops", None)
-        return int(counter(inputs)) if counter is not None else 0
+        """Forward+backward FLOPs of a batch, as transformers: 6 x input tokens x non-embedding parameters
+        (0 for a model without `num_parameters`)."""
+        main_input = getattr(self.model, "main_input_name", "input_ids")
+        if main_input in inputs and hasattr(self.model, "num_parameters"):
+            return 6 * inputs[main_input].numel() * self.model.num_parameters(exclude_embeddings=True)
+        return 0
 
     def store_flos(self) -> None:
         """transformers keeps per-step FLOPs apart; lmtrain adds them to state.total_flos when it logs."""
@@ -286,6 +290,8 @@ class Trainer:
             shift = self.shift if labels.dim() > 1 else 0
             return self._loss_sum(output_logits(outputs), labels, shift, smoothing), -1, outputs
         outputs = model(**inputs)
+        if isinstance(outputs, dict) and "loss" not in outputs:  # no labels, no loss: predictions only
+            return None, 1, outputs
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if labels is None:
             return loss, 1, outputs
@@ -306,7 +312,12 @@ class Trainer:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
         loss_sum, items, outputs = self._forward(model, inputs)
-        if num_items_in_batch is None:
+        if loss_sum is None:
+            raise ConfigError(f"the model did not return a loss, only {', '.join(outputs.keys())}; pass labels "
+                              f"(named in label_names) or override compute_loss.")
+        if num_items_in_batch is None or (not self.model_accepts_loss_kwargs and _overrides(self, "compute_loss")):
+            # transformers' default compute_loss gives a model that takes no loss kwargs its own batch mean
+            # (and training_step divides it by the micro-batches): a subclass calling super() gets the same
             labels = inputs.get(self.label_names[0])
             num_items_in_batch = items if items >= 0 else count_label_tokens(
                 labels.cpu(), self.shift if labels.dim() > 1 else 0)
@@ -319,9 +330,13 @@ class Trainer:
         model.train()
         if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes
             self.optimizer.train()
+        custom = self._custom_loss()
+        if custom and isinstance(num_items_in_batch, int):
+            # transformers hands a custom loss a tensor (.item(), .to() work); a 0-d CPU one costs no sync
+            num_items_in_batch = torch.tensor(num_items_in_batch)
         with self.rt.autocast():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        if self._custom_loss():
+        if custom:
             # transformers' rule: a loss not already normalised over the step is divided by the micro-batches
             scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
                 self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
@@ -651,14 +666,14 @@ class Trainer:
         has_labels = bool(self.label_names) and all(inputs.get(k) is not None for k in self.label_names)
         inputs = self._prepare_inputs(inputs)
         if ignore_keys is None:
-            ignore_keys = list(getattr(getattr(self.model, "config", None), "keys_to_ignore_at_inference", None) or [])
-        labels = None
-        if has_labels:
-            labels = tuple(inputs[k].detach() for k in self.label_names)
-            labels = labels[0] if len(labels) == 1 else labels
+            config = getattr(self.model, "config", None)
+            ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", ["cache"]) or []) if config is not None \
+                else []
+        labels = self._batch_labels(inputs) if has_labels else None
         with torch.no_grad(), self.rt.autocast():
             if has_labels:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=self._eval_items(inputs))
                 loss = loss.detach().mean()
             else:
                 loss, outputs = None, model(**inputs)
@@ -666,34 +681,54 @@ class Trainer:
             return loss, None, None
         return loss, outputs_to_predictions(outputs, has_labels, ignore_keys), labels
 
+    def _batch_labels(self, inputs: Dict[str, Any]) -> Any:
+        """The batch's labels as transformers returns them: one tensor, or a tuple for several label_names."""
+        labels = tuple(_detach(inputs.get(k)) for k in self.label_names)
+        return labels[0] if len(labels) == 1 else labels
+
+    def _eval_items(self, inputs: Dict[str, Any]) -> Any:
+        """transformers' num_items_in_batch in evaluation: the batch's label tokens, when the model or
+        compute_loss_func normalises by it (else None)."""
+        labels = inputs.get("labels")
+        if not isinstance(labels, torch.Tensor) or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+            return None
+        if self.shift and labels.dim() > 1:
+            labels = labels[..., self.shift:]
+        return labels.ne(-100).sum()
+
     def _fast_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
         """lmtrain's own step: a token-weighted loss sum, logits as predictions."""
         with self.rt.autocast():
             loss_sum, items, outputs = self._forward(model, batch)
         labels = batch.get(self.label_names[0])
+        has_labels = labels is not None and all(batch.get(k) is not None for k in self.label_names)
         if labels is None:
             weight, loss_sum = 0, None
         else:
             weight = items if items >= 0 else count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
+        if self._only_loss:
+            return StepOutput(loss_sum, weight, None, None)
         if items >= 0:  # the model computed its own loss: its outputs' other entries are the predictions
-            logits = outputs_to_predictions(outputs, labels is not None, self._ignore_keys)
-        else:
-            logits = output_logits(outputs).detach()
-        return StepOutput(loss_sum, weight, logits, labels)
+            logits = outputs_to_predictions(outputs, labels is not None, self._fast_ignore)
+        else:  # the forward ran without labels: every output but ignore_keys (the logits, usually alone)
+            logits = outputs_to_predictions(outputs, isinstance(outputs, dict), self._fast_ignore)
+        return StepOutput(loss_sum, weight, logits, self._batch_labels(batch) if has_labels else None)
 
     def _compat_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
-        """transformers' route (an overridden compute_loss/prediction_step): batch means weighted by the
-        eval batch size, as transformers' evaluation_loop averages them."""
+        """transformers' route (an overridden compute_loss/prediction_step): each batch's mean loss weighted
+        by its number of examples, as transformers' evaluation_loop averages them."""
         loss, logits, labels = self.prediction_step(model, batch, self._only_loss, ignore_keys=self._ignore_keys)
-        size = self.args.per_device_eval_batch_size
+        size = find_batch_size(batch) or 1
         return StepOutput(None if loss is None else loss * size, size, logits, labels)
 
     def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Optional[bool] = None,
                         ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
         args = self.args
         self._only_loss = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
-        self._ignore_keys = list(ignore_keys if ignore_keys is not None else getattr(
-            getattr(self.model, "config", None), "keys_to_ignore_at_inference", None) or [])
+        self._ignore_keys = ignore_keys  # None: prediction_step picks the model's keys_to_ignore_at_inference
+        config = getattr(self.model, "config", None)
+        self._fast_ignore = list(ignore_keys if ignore_keys is not None else getattr(
+            config, "keys_to_ignore_at_inference", ["cache"]) if config is not None else [])
         if not self.is_in_train and (args.bf16_full_eval or args.fp16_full_eval):
             self.model.to(dtype=torch.bfloat16 if args.bf16_full_eval else torch.float16)
         compat = self._custom_loss() or _overrides(self, "prediction_step")
@@ -712,6 +747,7 @@ class Trainer:
             include_for_metrics=args.include_for_metrics, batch_eval_metrics=args.batch_eval_metrics,
             nan_inf_filter=args.logging_nan_inf_filter,
             main_input_name=getattr(self.model, "main_input_name", "input_ids"),
+            keep_predictions=description == "Prediction",
         )
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Optional[List[str]] = None,
