@@ -18,7 +18,10 @@ from torch import nn
 
 import lmtrain
 from lmtrain.errors import ConfigError
+from tests.compat.conftest import requires_transformers_5
 from tests.conftest import tiny_gpt2
+
+pytestmark = requires_transformers_5
 
 VOCAB = 64
 LIBS = ("hf", "lm")

@@ -14,7 +14,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import lmtrain  # noqa: E402
+from tests.compat.conftest import requires_transformers_5
 from tests.conftest import tiny_gpt2  # noqa: E402
+
+pytestmark = requires_transformers_5
 
 LIBS = {"hf": transformers, "lm": lmtrain}
 EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
