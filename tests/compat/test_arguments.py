@@ -115,3 +115,14 @@ def test_every_installed_scheduler_and_optimizer_name_is_accepted(tmp_path):
         assert TrainingArguments(output_dir=str(tmp_path), lr_scheduler_type=name).lr_scheduler_type == name
     for name in hf_enums()["OptimizerNames"]:
         assert TrainingArguments(output_dir=str(tmp_path), optim=name).optim == name
+
+
+def test_push_to_hub_is_named_not_fatal(tmp_path, capsys):
+    """A script with push_to_hub=True trains, and its final trainer.push_to_hub() says what happened."""
+    from lmtrain import Trainer
+    from tests.conftest import tiny_gpt2
+
+    trainer = Trainer(model=tiny_gpt2(), args=TrainingArguments(output_dir=str(tmp_path), push_to_hub=True,
+                                                                hub_model_id="me/model", use_cpu=True))
+    trainer.push_to_hub(commit_message="end of training")
+    assert "not pushed (lmtrain runs without network)" in capsys.readouterr().err

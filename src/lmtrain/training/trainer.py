@@ -20,13 +20,14 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from ..args import TrainingArguments
-from ..distributed import full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, unwrap, wrap_model
+from ..distributed import full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, wrap_model
 from ..errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
 from . import optim
 from .callbacks import (CallbackHandler, DefaultFlowCallback, TrainerControl, callback_states,
                         restore_callback_states)
 from .data import KeepColumns, drop_unused_columns, example_lengths, forward_columns, make_loader, to_device
+from .extras import accepts_loss_kwargs, activate_neftune, apply_log_level, default_collator, memory_tracker
 from .evaluate import (EvalLoopOutput, PredictionOutput, StepOutput, _detach, evaluation_loop, find_batch_size,
                        outputs_to_predictions)
 from .flops import mfu_scale
@@ -79,7 +80,7 @@ class Trainer:
     ) -> None:
         self.args = args if args is not None else TrainingArguments()
         self.rt = setup_runtime(self.args)
-        _apply_log_level(self.args, self.rt.is_main)
+        apply_log_level(self.args, self.rt.is_main)
         set_seed(self.args.seed, deterministic=self.args.full_determinism)  # before model_init: reproducible
         self.model_init = model_init
         if model is None:
@@ -88,7 +89,7 @@ class Trainer:
             model = self.call_model_init()
         self._set_model(model)
         self.processing_class = processing_class if processing_class is not None else tokenizer
-        self.data_collator = data_collator or _default_collator(self.processing_class)
+        self.data_collator = data_collator or default_collator(self.processing_class)
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.compute_metrics = compute_metrics
@@ -133,7 +134,7 @@ class Trainer:
             self.model.gradient_checkpointing_enable(**kwargs)
         self.shift = label_shift(self.model)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
-        self.model_accepts_loss_kwargs = _accepts_loss_kwargs(self.model)
+        self.model_accepts_loss_kwargs = accepts_loss_kwargs(self.model)
 
     # ---- transformers-compatible small API ------------------------------------------------------
 
@@ -418,7 +419,7 @@ class Trainer:
         args = self.args
         self.is_in_train = True
         self._ignore_keys_for_eval = ignore_keys_for_eval
-        tracker = _memory_tracker(args)
+        tracker = memory_tracker(args)
         if self.model_init is not None:  # transformers re-creates the model for every run
             set_seed(args.seed, deterministic=args.full_determinism)
             apply_trial(self, trial)
@@ -451,7 +452,7 @@ class Trainer:
         self._last_logged_step = self.state.global_step
         self._mfu_scale = mfu_scale(self.model, plan.seq_len, self.rt)
         feed = StepFeed(self.state, args.gradient_accumulation_steps)
-        neftune = _activate_neftune(self.model, args.neftune_noise_alpha)
+        neftune = activate_neftune(self.model, args.neftune_noise_alpha)
         start = time.perf_counter()
         try:
             with StopRequest() as stop:
@@ -760,7 +761,7 @@ class Trainer:
             for name, ds in dataset.items():
                 metrics.update(self.evaluate(ds if override else name, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        tracker = _memory_tracker(self.args)
+        tracker = memory_tracker(self.args)
         loader = self.get_eval_dataloader(dataset)
         only_loss = True if self.compute_metrics is None else None  # nothing would read the predictions
         metrics = self.evaluation_loop(loader, "Evaluation", only_loss, ignore_keys, metric_key_prefix).metrics
@@ -772,7 +773,7 @@ class Trainer:
 
     def predict(self, test_dataset: Any, ignore_keys: Optional[List[str]] = None,
                 metric_key_prefix: str = "test") -> PredictionOutput:
-        tracker = _memory_tracker(self.args)
+        tracker = memory_tracker(self.args)
         loader = self.get_test_dataloader(test_dataset)
         out = self.evaluation_loop(loader, "Prediction", None, ignore_keys, metric_key_prefix)
         self.control = self._fire("on_predict", metrics=out.metrics)
@@ -814,67 +815,13 @@ class Trainer:
         if self.rt.is_main:
             save_metrics(self.args.output_dir, split, metrics, combined)
 
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
+        """lmtrain runs offline: nothing is pushed (start-up said so); the model stays in output_dir."""
+        if self.rt.is_main:
+            print(f"push_to_hub: not pushed (lmtrain runs without network); the model is in "
+                  f"{self.args.output_dir}.", file=sys.stderr)
+
     def create_model_card(self, **kwargs: Any) -> None:
         if self.rt.is_main:
             write_model_card(self.args.output_dir, self.state.log_history, self.state.global_step,
                              self.state.epoch, **kwargs)
-
-
-def _default_collator(processing_class: Any) -> Callable:
-    """transformers' choice: pad with the tokenizer when it can, else stack."""
-    from ..data.collators import DataCollatorWithPadding, default_data_collator
-
-    if processing_class is not None and getattr(processing_class, "pad_token", None) is not None:
-        return DataCollatorWithPadding(processing_class)
-    return default_data_collator
-
-
-def _accepts_loss_kwargs(model: torch.nn.Module) -> bool:
-    """transformers' model_accepts_loss_kwargs: the model normalises its loss by num_items_in_batch."""
-    model = unwrap(model)
-    explicit = getattr(model, "accepts_loss_kwargs", None)
-    if explicit is not None:
-        return bool(explicit)
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind == p.VAR_KEYWORD or p.name == "num_items_in_batch" for p in params)
-
-
-def _activate_neftune(model: torch.nn.Module, alpha: Optional[float]) -> Any:
-    """NEFTune: uniform noise of scale alpha/sqrt(length*width) on the input embeddings in training."""
-    if not alpha:
-        return None
-    embeddings = unwrap(model).get_input_embeddings()
-
-    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        if module.training:
-            magnitude = alpha / (output.size(1) * output.size(2)) ** 0.5
-            output = output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
-        return output
-
-    return embeddings.register_forward_hook(hook)
-
-
-def _memory_tracker(args: TrainingArguments) -> Any:
-    """transformers' TrainerMemoryTracker when skip_memory_metrics=False (imported only then: it is slow)."""
-    if args.skip_memory_metrics:
-        return None
-    from transformers.trainer_utils import TrainerMemoryTracker
-
-    tracker = TrainerMemoryTracker(skip_memory_metrics=False)
-    # the tracker names its stage after the function that calls start()/stop: tell it ours
-    stage = tracker.stages.get(sys._getframe(1).f_code.co_name, "train")
-    tracker.stages = {**tracker.stages, "_memory_tracker": stage, "_finish_training": "train"}
-    tracker.start()
-    return tracker
-
-
-def _apply_log_level(args: TrainingArguments, is_main: bool) -> None:
-    """log_level (main process) / log_level_replica (others) set transformers' logger, as in transformers."""
-    level = args.log_level if is_main else args.log_level_replica
-    if level and level != "passive":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity({"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}[level])
