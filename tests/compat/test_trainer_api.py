@@ -76,6 +76,13 @@ def both(fn):
     return {lib: fn(lib) for lib in LIBS}
 
 
+def evaluate_train_evaluate(trainer):
+    """(eval_loss before training, eval_loss after, the logged training losses)."""
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    return before, trainer.evaluate()["eval_loss"], train_losses(trainer)
+
+
 def assert_nested_equal(a, b, atol=1e-6):
     if isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and type(a) is type(b) and len(a) == len(b), (type(a), type(b))
@@ -136,9 +143,7 @@ def test_compute_loss_override_trains_and_evaluates_like_transformers(tmp_path, 
     def run(lib):
         t = make_trainer(lib, tmp_path, cls=make(_lib(lib)[0]), args_kw={"optim": optim},
                          model=gpt2(), train_dataset=train, eval_dataset=evald)
-        before = t.evaluate()["eval_loss"]
-        t.train()
-        return before, t.evaluate()["eval_loss"], train_losses(t)
+        return evaluate_train_evaluate(t)
 
     r = both(run)
     assert r["lm"][0] == pytest.approx(r["hf"][0], abs=1e-5, rel=0)
@@ -188,9 +193,7 @@ def test_compute_loss_func_like_transformers(tmp_path, ga):
                          compute_loss_func=loss_func,
                          args_kw={"optim": "adamw_torch", "gradient_accumulation_steps": ga,
                                   "per_device_train_batch_size": 4 // ga})
-        before = t.evaluate()["eval_loss"]
-        t.train()
-        return before, t.evaluate()["eval_loss"], train_losses(t)
+        return evaluate_train_evaluate(t)
 
     r = both(run)
     assert r["lm"][0] == pytest.approx(r["hf"][0], abs=1e-5, rel=0)
@@ -678,9 +681,7 @@ def test_label_smoothing_like_transformers(tmp_path, ga):
         t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
                          args_kw={"label_smoothing_factor": 0.1, "optim": "adamw_torch",
                                   "gradient_accumulation_steps": ga, "per_device_train_batch_size": 4 // ga})
-        before = t.evaluate()["eval_loss"]
-        t.train()
-        return before, t.evaluate()["eval_loss"], train_losses(t)
+        return evaluate_train_evaluate(t)
 
     r = both(run)
     assert r["lm"][0] == pytest.approx(r["hf"][0], abs=1e-5, rel=0)
