@@ -416,8 +416,19 @@ class TrainingArguments:
             raise ConfigError(f"train_sampling_strategy={self.train_sampling_strategy!r} is not one of random, "
                               f"sequential, group_by_length; pick one of those.")
         self.include_for_metrics = list(getattr(self, "include_for_metrics", None) or [])
+        # transformers 4.x's older spellings of fields lmtrain declares under their newer names
         if getattr(self, "include_inputs_for_metrics", False) and "inputs" not in self.include_for_metrics:
-            self.include_for_metrics.append("inputs")  # transformers 4.x name
+            self.include_for_metrics.append("inputs")
+        if getattr(self, "no_cuda", False):
+            self.use_cpu = True
+        for old, new in (("per_gpu_train_batch_size", "per_device_train_batch_size"),
+                         ("per_gpu_eval_batch_size", "per_device_eval_batch_size")):
+            if getattr(self, old, None):
+                setattr(self, new, getattr(self, old))
+        if getattr(self, "adafactor", False):
+            self.optim = "adafactor"
+        if getattr(self, "torchdynamo", None):
+            self.torch_compile, self.torch_compile_backend = True, self.torchdynamo
 
     # ---- process facts that transformers' example scripts read --------------------------------
 
@@ -516,9 +527,15 @@ def no_effect_reason(name: str) -> str:
     return "not used by lmtrain"
 
 
+# transformers 4.x fields that are older spellings of declared ones (read in _normalise_transformers_fields),
+# and include_tokens_per_second (lmtrain always reports tokens per second).
+ALIASES = frozenset({"include_inputs_for_metrics", "no_cuda", "per_gpu_train_batch_size", "per_gpu_eval_batch_size",
+                     "adafactor", "torchdynamo", "include_tokens_per_second"})
+
+
 def undeclared_fields(names: Any) -> List[str]:
     """Of `names`, the transformers fields lmtrain accepts without acting on them (in the given order)."""
-    return [n for n in names if n not in _LMTRAIN_DECLARED and n in hf_training_fields()]
+    return [n for n in names if n not in _LMTRAIN_DECLARED and n not in ALIASES and n in hf_training_fields()]
 
 
 def _add_transformers_fields(cls: type) -> type:
@@ -540,5 +557,5 @@ def _add_transformers_fields(cls: type) -> type:
 TrainingArguments = _add_transformers_fields(TrainingArguments)
 IMPLEMENTED_HF_FIELDS = frozenset(
     name for name in TrainingArguments.__dict__.get("__annotations__", {})
-    if name in hf_training_fields() and name in _LMTRAIN_DECLARED
+    if name in hf_training_fields() and (name in _LMTRAIN_DECLARED or name in ALIASES)
 )

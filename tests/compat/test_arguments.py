@@ -126,3 +126,14 @@ def test_push_to_hub_is_named_not_fatal(tmp_path, capsys):
                                                                 hub_model_id="me/model", use_cpu=True))
     trainer.push_to_hub(commit_message="end of training")
     assert "not pushed (lmtrain runs without network)" in capsys.readouterr().err
+
+
+def test_transformers_4_spellings_map_to_the_newer_fields(tmp_path):
+    """Only on a transformers that still has them (4.x): per_gpu_*, no_cuda, adafactor, torchdynamo..."""
+    fields = hf_training_fields()
+    if "per_gpu_train_batch_size" not in fields:
+        pytest.skip("this transformers no longer has the 4.x spellings")
+    args = TrainingArguments(output_dir=str(tmp_path), per_gpu_train_batch_size=3, no_cuda=True, adafactor=True,
+                             include_inputs_for_metrics=True, torchdynamo="eager")
+    assert args.per_device_train_batch_size == 3 and args.use_cpu and args.optim == "adafactor"
+    assert args.include_for_metrics == ["inputs"] and args.torch_compile and args.torch_compile_backend == "eager"
