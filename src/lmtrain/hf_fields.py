@@ -36,7 +36,8 @@ def _transformers_dir() -> Optional[str]:
     return os.path.dirname(spec.origin)
 
 
-def _parse(name: str) -> Optional[ast.Module]:
+@functools.lru_cache(maxsize=None)
+def _parse(name: str) -> Optional[ast.Module]:  # cached: enum defaults look a module up again
     folder = _transformers_dir()
     path = os.path.join(folder, name) if folder else ""
     if not os.path.isfile(path):
