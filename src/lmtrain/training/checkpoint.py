@@ -336,11 +336,11 @@ def load_training_state(ckpt_dir: str, *, optimizer: Any, scheduler: Any, scaler
     return extra
 
 
-def resolve_resume(resume: Any, args: Any, is_main: bool, refuse_existing: bool = True) -> Optional[str]:
+def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
     """The checkpoint to resume from: a path, the latest complete one for True, or None for a fresh start.
 
-    With `refuse_existing`, a fresh start into an output_dir that holds checkpoints needs
-    overwrite_output_dir (one clear line); the Trainer passes False and warns instead, as transformers trains on.
+    (Whether a fresh start may go into a folder that holds checkpoints is the Trainer's call: the library
+    warns, as transformers trains on; the CLI refuses.)
     """
     out = args.output_dir
     if is_main:
@@ -358,10 +358,6 @@ def resolve_resume(resume: Any, args: Any, is_main: bool, refuse_existing: bool 
                                f"trainer_state.json and weights); pass a checkpoint-<step> directory "
                                f"(or resume=True for the latest in {out}).")
         return str(resume)
-    if refuse_existing and list_checkpoints(out) and not args.overwrite_output_dir:
-        raise LmtrainError(f"{out} already holds checkpoints; pass resume_from_checkpoint=True "
-                           f"(--resume_from_checkpoint, or the CLI's --resume) to continue, or overwrite_output_dir=True "
-                           f"(--overwrite_output_dir) to start over.")
     return None
 
 

@@ -429,7 +429,7 @@ class Trainer:
             apply_trial(self, trial)
         if self._created_lr_scheduler:  # a second train(): a new schedule over the new run's steps
             self.lr_scheduler, self._created_lr_scheduler = None, False
-        resume = self._resolve_resume(False if resume_from_checkpoint is False else resume_from_checkpoint)
+        resume = self._resolve_resume(resume_from_checkpoint)
         loader = self.get_train_dataloader()
         plan = RunPlan.make(args, loader, self.train_dataset, world_size=self.rt.world_size)
         if args.fsdp and self.rt.distributed and not self.rt.fsdp:
@@ -495,7 +495,7 @@ class Trainer:
             print(f"warning: {args.output_dir} already holds {len(existing)} checkpoint(s); training from scratch "
                   f"as transformers does (pass resume_from_checkpoint=True, or --resume_from_checkpoint "
                   f"{existing[-1]}, to continue; --overwrite_output_dir to silence this).", file=sys.stderr)
-        return ckpt.resolve_resume(resume, args, self.rt.is_main, refuse_existing=False)
+        return ckpt.resolve_resume(resume, args, self.rt.is_main)
 
     def _new_state(self, plan: RunPlan, trial: Any) -> TrainState:
         args = self.args
