@@ -68,7 +68,7 @@ def parse_args() -> argparse.Namespace:
 
 def read_log(out: Path) -> List[dict]:
     """log.jsonl's records ([] before the first one); a line cut short by SIGKILL is skipped."""
-    from lmtrain.report import read_log as read_jsonl
+    from lmtrain.runlog import read_log as read_jsonl
 
     path = out / "log.jsonl"
     return read_jsonl(path)[0] if path.exists() else []
@@ -92,14 +92,14 @@ def check_checkpoint(path: Optional[str]) -> Optional[str]:
     from safetensors.torch import load_file
 
     p = Path(path)
-    need = ["COMPLETE", "config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pt",
+    need = ["COMPLETE", "config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
             "trainer_state.json", "training_args.json"]
     missing = [n for n in need if not (p / n).is_file()]
     if missing:
         return f"{p.name} lacks {missing}"
     try:
         load_file(str(p / "model.safetensors"))
-        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pt"):
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
             torch.load(p / name, map_location="cpu", weights_only=False)
         step = json.loads((p / "trainer_state.json").read_text())["global_step"]
     except Exception as e:  # noqa: BLE001 - any failure to load is the finding
@@ -132,7 +132,7 @@ class Bench:
         self.lock = threading.Lock()
 
     def prepare(self) -> None:
-        from lmtrain.data.tokenize import train_bpe_tokenizer
+        from lmtrain.data.bpe import train_bpe_tokenizer
 
         tok = train_bpe_tokenizer(sorted(SAMPLE.glob("*.txt")), vocab_size=2048)
         tok.save_pretrained(str(self.work / "tokenizer"))

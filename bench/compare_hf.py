@@ -422,7 +422,7 @@ def train_tokenizer(args, out_dir):
     """Train the byte-level BPE once (lmtrain's trainer if importable) and save it."""
     sys.path.insert(0, os.path.join(REPO, "src"))
     try:
-        from lmtrain.data.tokenize import train_bpe_tokenizer
+        from lmtrain.data.bpe import train_bpe_tokenizer
 
         tok = train_bpe_tokenizer([args.train_file], vocab_size=args.vocab_size)
     except ImportError:

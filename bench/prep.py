@@ -93,7 +93,7 @@ def _report(**result) -> None:
 
 def child_train_tokenizer(args) -> None:
     sys.path.insert(0, os.path.join(REPO, "src"))
-    from lmtrain.data.tokenize import train_bpe_tokenizer
+    from lmtrain.data.bpe import train_bpe_tokenizer
 
     t = time.perf_counter()
     tok = train_bpe_tokenizer([args.file], vocab_size=args.vocab_size)

@@ -48,6 +48,17 @@ def test_ddp_two_processes_match_one_with_double_batch_and_resume(tmp_path, subp
     assert set(resumed) >= {"7", "8"}
 
 
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, subprocess_env):
+    """The ranks agree on stopping at the next step that logs or saves (no per-step host sync)."""
+    env = dict(subprocess_env, OMP_NUM_THREADS="1", LMTRAIN_TEST_SIGTERM="1:1", LMTRAIN_TEST_LOGGING_STEPS="3")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537"]
+    proc = run([*torchrun, str(HERE / "_ddp_run.py"), str(tmp_path / "two"), "4", "6", "fresh"], env)
+    assert "stopped by SIGTERM (on another rank) after step 2" in proc.stdout  # rank 0 heard it from rank 1
+    state = json.loads((tmp_path / "two" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and not (tmp_path / "two" / "checkpoint-3").exists()
+    assert (tmp_path / "two" / "checkpoint-2" / "rng_state_1.pth").exists()
+
+
 def test_fsdp_two_processes_match_one_and_save_a_loadable_model(tmp_path, subprocess_env, one_process):
     env = dict(subprocess_env, OMP_NUM_THREADS="1", LMTRAIN_TEST_FSDP="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]

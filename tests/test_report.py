@@ -10,6 +10,7 @@ where no `chromium`/`chromium-browser` binary is installed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -21,7 +22,8 @@ from typing import Any, Dict, Iterable, List, Optional
 import pytest
 
 from lmtrain.errors import LmtrainError
-from lmtrain.report import FIGURES, INSTALL_HINT, build_report, cmd_report, load_run, resolve_records
+from lmtrain.report import FIGURES, INSTALL_HINT, build_report, cmd_report, load_run
+from lmtrain.runlog import resolve_records
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 4 * 64  # batch 4 x block 64
@@ -53,7 +55,7 @@ def summary_record(step: int) -> Dict[str, Any]:
 
 def training_args(output_dir: Path, **changes: Any) -> Dict[str, Any]:
     from lmtrain.args import TrainingArguments
-    from lmtrain.cli import CLI_TRAINING_DEFAULTS
+    from lmtrain.recipe_args import CLI_TRAINING_DEFAULTS
 
     values = {**CLI_TRAINING_DEFAULTS, "per_device_train_batch_size": 4, **changes}
     return TrainingArguments(output_dir=str(output_dir), **values).to_dict()
@@ -164,7 +166,29 @@ def test_newest_checkpoint_state_is_used_for_a_run_in_progress(tmp_path):
         (run / f"checkpoint-{step}").mkdir()
         (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(
             {"global_step": step, "num_input_tokens_seen": step * 128}), encoding="utf-8")
+        (run / f"checkpoint-{step}" / "COMPLETE").write_text("")  # written whole, as lmtrain writes them
     assert load_run(run).tokens_per_step == 128
+
+
+def test_a_checkpoint_without_its_complete_marker_is_not_read(tmp_path):
+    """The report lists checkpoints as the trainer does (training.checkpoint.list_checkpoints)."""
+    run = make_run(tmp_path, "r", state=False)
+    for step, tokens, complete in ((20, 128, True), (40, 999, False)):
+        folder = run / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps(
+            {"global_step": step, "num_input_tokens_seen": step * tokens}), encoding="utf-8")
+        if complete:
+            (folder / "COMPLETE").write_text("")
+    assert load_run(run).tokens_per_step == 128
+
+
+def test_importing_the_report_imports_neither_torch_nor_matplotlib():
+    code = ("import sys, lmtrain.report, lmtrain.runlog; "
+            "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'lmtrain.cli') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 # ---- errors --------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ _FORK_SERVER = textwrap.dedent(r'''
     from transformers import BertForMaskedLM, GPT2LMHeadModel    # noqa: F401 (lazy modules)
     import lmtrain.cli
     from lmtrain.training import trainer                         # noqa: F401
-    from lmtrain.data import pack, collators, tokenize           # noqa: F401
+    from lmtrain.data import pack, collators, bpe, token_cache   # noqa: F401
 
     def reply(obj):
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -221,7 +221,7 @@ class Env:
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     sys.path.insert(0, str(SRC))
-    from lmtrain.data.tokenize import train_bpe_tokenizer
+    from lmtrain.data.bpe import train_bpe_tokenizer
 
     # One tokenizer for every run, trained on the whole packaged corpus.
     tok = train_bpe_tokenizer(sorted(SAMPLE.glob("*.txt")), vocab_size=300)
@@ -247,7 +247,7 @@ def env(tmp_path_factory):
 
 def read_log(out: Path) -> List[dict]:
     """log.jsonl's records ([] before the first one); a line cut short by SIGKILL is skipped."""
-    from lmtrain.report import read_log as read_jsonl
+    from lmtrain.runlog import read_log as read_jsonl
 
     path = out / "log.jsonl"
     return read_jsonl(path)[0] if path.exists() else []

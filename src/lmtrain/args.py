@@ -121,6 +121,8 @@ class TrainingArguments:
     """Label smoothing epsilon in the token-weighted loss (0: none), as transformers' LabelSmoother."""
     average_tokens_across_devices: bool = True
     """Under torchrun, divide the step's loss by the label tokens of all ranks (false: by each rank's own)."""
+    loss_chunk_size: int = 0
+    """0: the loss reads the model's full logits. N > 0: training computes the head and the cross-entropy N tokens at a time (the vocabulary-wide logits are never held whole), for causal and masked LMs with a plain linear head; other models use the full logits."""
     neftune_noise_alpha: Optional[float] = None
     """NEFTune: add uniform noise of this scale to the input embeddings while training (None: off)."""
 
@@ -338,6 +340,8 @@ class TrainingArguments:
                 )
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be at least 1 (or unset), got {self.save_total_limit}.")
+        if self.loss_chunk_size < 0:
+            raise ConfigError(f"loss_chunk_size must be >= 0 (0: full logits), got {self.loss_chunk_size}.")
         if self.dataloader_num_workers < 0:
             raise ConfigError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}.")
         if isinstance(self.fsdp, str):  # transformers spells it "full_shard auto_wrap" etc.

@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 
@@ -90,8 +90,20 @@ class Runtime:
         return value
 
     def sum_int(self, value: int) -> int:
-        """Sum a host integer over ranks (label-token counts); a no-op on one process."""
+        """Sum a host integer over ranks (token counts when logging); a no-op on one process."""
         return self.sum_ints(value)[0]
+
+    def sum_on_device(self, value: int) -> torch.Tensor:
+        """Sum a host integer over ranks into a 0-d device tensor. The copy and the all-reduce are queued
+        on the device: the host does not wait (a step's label-token count under torchrun)."""
+        t = torch.tensor([value], dtype=torch.int64)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        else:
+            t = t.to(self.device)
+        if self.distributed:
+            torch.distributed.all_reduce(t)
+        return t[0]
 
     def sum_ints(self, *values: int) -> list:
         """Sum host integers over ranks in one all-reduce; a no-op on one process."""
@@ -219,17 +231,8 @@ def load_full_state_dicts(model: torch.nn.Module, optimizer: Any, model_sd: Any,
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-def main_process_first(rt: Runtime) -> Callable[[], ContextManager]:
-    @contextlib.contextmanager
-    def ctx():
-        if not rt.is_main:
-            rt.barrier()
-        yield
-        if rt.is_main:
-            rt.barrier()
-
-    return ctx
+    """The user's model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, in either order."""
+    for _ in range(2):
+        model = getattr(model, "module", model)
+        model = getattr(model, "_orig_mod", model)
+    return model

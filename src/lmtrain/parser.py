@@ -425,10 +425,17 @@ class HfArgumentParser(argparse.ArgumentParser):
 
     def parse_yaml_file(self, yaml_file: Union[str, os.PathLike], allow_extra_keys: bool = False) -> tuple:
         """Build the dataclasses from a YAML file holding one mapping."""
-        import yaml
+        return self.parse_dict(read_yaml(yaml_file) or {}, allow_extra_keys=allow_extra_keys)
 
-        try:
-            data = yaml.safe_load(Path(yaml_file).read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{yaml_file} is not valid YAML ({' '.join(str(e).split())}); fix the file") from None
-        return self.parse_dict(data or {}, allow_extra_keys=allow_extra_keys)
+
+def read_yaml(path: Union[str, os.PathLike]) -> Any:
+    """The value in a YAML file (JSON is YAML too); a syntax error is one ConfigError line naming the file.
+
+    lmtrain's one YAML loader: `HfArgumentParser.parse_yaml_file` and the CLI's `--config` use it.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(e).split())}); fix the file") from None

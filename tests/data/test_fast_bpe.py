@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("tiktoken")
 
 import lmtrain.data.fast_bpe as fb  # noqa: E402
+from lmtrain.data.bpe import train_bpe_tokenizer  # noqa: E402
 from lmtrain.data.fast_bpe import make_fast_encoder  # noqa: E402
 from lmtrain.data.readers import iter_documents, sample_corpus_files  # noqa: E402
-from lmtrain.data.tokenize import build_token_cache, train_bpe_tokenizer  # noqa: E402
+from lmtrain.data.token_cache import build_token_cache  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[512, 2048])

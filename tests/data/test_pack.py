@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lmtrain.data.bpe import train_bpe_tokenizer
 from lmtrain.data.pack import BlockDataset, num_blocks, prepare_datasets, split_blocks
 from lmtrain.data.readers import sample_corpus_files
-from lmtrain.data.tokenize import build_token_cache, train_bpe_tokenizer
+from lmtrain.data.token_cache import build_token_cache
 from lmtrain.errors import ConfigError, DataError
 
 

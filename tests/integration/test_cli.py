@@ -143,3 +143,64 @@ def test_help_lists_commands_and_field_docs(subprocess_env):
     assert "generate" in lmtrain(["--help"], subprocess_env).stdout
     out = lmtrain(["train", "--help"], subprocess_env).stdout
     assert "--gradient_accumulation_steps" in out and "Micro-batches summed into one optimizer step" in out
+
+
+# ---- what a newcomer meets ---------------------------------------------------------------------------
+
+
+def test_sample_corpus_run_ends_with_a_sample_and_the_next_command(trained_run):
+    out, proc, _env, _root = trained_run
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-3].startswith(f"saved the model and tokenizer to {out}")
+    assert lines[-2].startswith("sample at step 60: 'Shall I compare thee") and len(lines[-2]) > 60
+    assert lines[-1] == (f"next: lmtrain generate --model {out} --prompt 'Shall I compare thee', "
+                         f"or lmtrain report {out} (plots and an HTML page)")
+
+
+def test_eval_and_generate_print_only_their_own_lines(trained_run, tmp_path):
+    out, _proc, env, _root = trained_run
+    text = tmp_path / "held_out.txt"
+    text.write_text((Path(__file__).parents[2] / "src/lmtrain/data/sample/sonnets.txt").read_text()[:5000])
+    ev = lmtrain(["eval", "--model", str(out), "--file", str(text), "--block_size", "64",
+                  "--cache_dir", str(tmp_path / "c")], env)
+    gen = lmtrain(["generate", "--model", str(out), "--prompt", "Shall I", "--max_new_tokens", "5"], env)
+    for proc in (ev, gen):
+        assert "Loading weights" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
+    assert ev.stdout.lstrip().startswith("{") and json.loads(ev.stdout)["eval_loss"] > 0
+    assert gen.stdout.startswith("Shall I")
+
+
+def test_output_dir_under_a_file_is_one_line(tmp_path, subprocess_env):
+    (tmp_path / "notes.txt").write_text("keep me")
+    proc = lmtrain(["train", "--output_dir", str(tmp_path / "notes.txt" / "run"), "--cache_dir", str(tmp_path / "c"),
+                    "--max_steps", "1"], subprocess_env, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --output_dir ") and str(tmp_path / "notes.txt") in lines[0]
+    assert "is a file, not a folder" in lines[0] and "pass an --output_dir" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing half-written, not even a cache
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_missing_model_is_named_as_the_model(tmp_path, subprocess_env):
+    proc = lmtrain(["train", "--model_name_or_path", "does/not/exist", "--output_dir", str(tmp_path / "run")],
+                   subprocess_env, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: model 'does/not/exist' is not a local directory") and "offline" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_readme_install_gives_what_the_tour_uses():
+    """`pip install -e .` (the README's first command) installs matplotlib, which `lmtrain report` needs."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert {"matplotlib", "torch", "transformers", "pyyaml"} <= names
+    assert any(d.startswith("matplotlib") for d in project["optional-dependencies"]["report"])  # old extra still works
+    readme = (root / "README.md").read_text()
+    first = re.findall(r"^python3 -m pip install .*$", readme, flags=re.M)[0]
+    assert re.search(r"-e \.(\s|$)", first) and "lmtrain train" in first  # the default install, no extra needed

@@ -132,7 +132,7 @@ def workspace(tmp_path_factory):
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast, GPT2Config, GPT2LMHeadModel
 
-    from lmtrain.data.tokenize import train_bpe_tokenizer
+    from lmtrain.data.bpe import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("hf_scripts")
     text = (SAMPLE / "sonnets.txt").read_text(encoding="utf-8")

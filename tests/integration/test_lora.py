@@ -15,7 +15,7 @@ def test_lora_finetune_saves_adapter_and_merged_model(tmp_path, subprocess_env):
     from transformers import AutoModelForCausalLM
 
     from lmtrain.data.readers import sample_corpus_files
-    from lmtrain.data.tokenize import train_bpe_tokenizer
+    from lmtrain.data.bpe import train_bpe_tokenizer
     from tests.conftest import tiny_gpt2
 
     tok = train_bpe_tokenizer(sample_corpus_files()[:1], vocab_size=300)

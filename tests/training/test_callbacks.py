@@ -106,7 +106,7 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
 def test_jsonl_log_seals_a_line_cut_by_a_kill(tmp_path):
     import json as _json
 
-    from lmtrain.report import read_log
+    from lmtrain.runlog import read_log
 
     out = tmp_path / "out"
     out.mkdir()

@@ -178,3 +178,37 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
         trainer.train()
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-3")
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # nothing half-written left behind
+
+
+def test_checkpointer_owns_names_listing_rotation_best_and_load(tmp_path):
+    """One object saves, lists (sealed ones only), rotates around the best and restores a checkpoint."""
+    from lmtrain.training.state import TrainState
+
+    args = args_for(tmp_path, save_total_limit=2)
+    chk = ckpt.Checkpointer(args)
+    model = tiny_gpt2()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    state = TrainState(global_step=0)
+    for step in (1, 2, 3, 4):
+        state.global_step = step
+        if step == 2:
+            state.best_global_step = 2
+        assert chk.save(state, model=model, tokenizer=None, optimizer=opt, scheduler=None, scaler=None) \
+            == chk.path(step) == str(tmp_path / f"checkpoint-{step}")
+    # limit 2 keeps the latest and the best; the best one names itself in its saved state
+    assert [os.path.basename(p) for p in chk.list()] == ["checkpoint-2", "checkpoint-4"]
+    assert chk.latest() == chk.path(4) and chk.best_path(state) == chk.path(2)
+    assert state.best_model_checkpoint == chk.path(2)
+    os.makedirs(tmp_path / "checkpoint-9")  # not sealed, no weights: not a checkpoint
+    assert chk.latest() == chk.path(4)
+
+    restored, fresh = TrainState(), tiny_gpt2(seed=5)
+    chk.load(chk.path(4), model=fresh, optimizer=torch.optim.AdamW(fresh.parameters(), lr=1e-3), scheduler=None,
+             scaler=None, state=restored)
+    assert restored.global_step == 4 and restored.best_global_step == 2
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)
+    state.best_model_checkpoint = chk.path(2)
+    args.save_total_limit = 1
+    chk.finish(state)  # save_total_limit=1 at the end of a run: only the best stays
+    assert [os.path.basename(p) for p in chk.list()] == ["checkpoint-2"]

@@ -238,7 +238,8 @@ def test_auto_find_batch_size_halves_on_out_of_memory(tmp_path, capsys):
                                                    auto_find_batch_size=True),
                       train_dataset=ragged_dataset(), data_collator=stack)
     assert trainer.train().global_step == 3
-    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (2, 4)
+    assert (trainer._train_batch_size, trainer._gradient_accumulation_steps) == (2, 4)
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (8, 1)  # as given
     assert capsys.readouterr().out.count("out of memory") == 2
     # the same samples and effective batch as a run that fit from the start
     ref = Trainer(model=tiny_gpt2(), args=make_args(tmp_path / "ref", max_steps=3, per_device_train_batch_size=2,
@@ -246,3 +247,5 @@ def test_auto_find_batch_size_halves_on_out_of_memory(tmp_path, capsys):
                   train_dataset=ragged_dataset(), data_collator=stack)
     ref.train()
     assert first_losses(trainer) == pytest.approx(first_losses(ref), rel=1e-5)
+    # the failed attempts' tokens are not counted: the same tokens seen as the run that fit
+    assert trainer.state.num_input_tokens_seen == ref.state.num_input_tokens_seen > 0

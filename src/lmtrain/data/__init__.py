@@ -1,5 +1,9 @@
 """Data pipeline: files -> token ids (cached, memory-mapped) -> blocks -> batches.
 
+``readers`` (files -> documents) -> ``token_cache`` (documents -> token ids, with a tokenizer
+from ``bpe`` or the user's) -> ``pack`` (ids -> blocks) -> ``collators`` and ``loader``
+(blocks -> batches, in a resumable, seeded order).
+
 Names are imported lazily (PEP 562) so ``import lmtrain.data`` stays cheap and
 works before optional submodules such as ``collators`` exist.
 """
@@ -14,10 +18,8 @@ _EXPORTS = {
         "SUPPORTED_EXTENSIONS", "sample_corpus_files", "resolve_files", "iter_documents",
         "count_bytes",
     ],
-    "tokenize": [
-        "PIPELINE_VERSION", "TokenCache", "build_token_cache", "default_cache_root",
-        "train_bpe_tokenizer",
-    ],
+    "bpe": ["train_bpe_tokenizer"],
+    "token_cache": ["PIPELINE_VERSION", "TokenCache", "build_token_cache", "default_cache_root"],
     "pack": ["BlockDataset", "num_blocks", "split_blocks", "prepare_datasets"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -1,7 +1,7 @@
 """A fast exact encoder for GPT-2 style byte-level BPE tokenizers, built on tiktoken.
 
 :func:`make_fast_encoder` turns a ``tokenizers`` byte-level BPE (the kind
-:func:`lmtrain.data.tokenize.train_bpe_tokenizer` trains, and GPT-2's) into a
+:func:`lmtrain.data.bpe.train_bpe_tokenizer` trains, and GPT-2's) into a
 ``tiktoken.Encoding`` with the same vocabulary, merge priority and
 pre-tokenization pattern. tiktoken encodes several times faster and releases
 the GIL, so a batch is spread over every core.

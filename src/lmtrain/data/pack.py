@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lmtrain.data.readers import resolve_files
-from lmtrain.data.tokenize import build_token_cache
+from lmtrain.data.token_cache import build_token_cache
 from lmtrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import re
 import shutil
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
-from ..errors import LmtrainError
+from ..errors import ConfigError, LmtrainError
+from . import rng
 from .state import LMTRAIN_FIELDS
 from .weights import has_weights, load_model_weights, read_model_state, save_model_files  # noqa: F401 (API)
 
@@ -35,7 +34,6 @@ EXTRA = "lmtrain_extra.pt"
 _CKPT_RE = re.compile(rf"^{PREFIX}-(\d+)$")
 _TMP_RE = re.compile(rf"^\.{PREFIX}-(\d+)\.tmp-\d+$")
 _OLD_RE = re.compile(rf"^({PREFIX}-\d+)\.old-\d+$")
-_RNG_KEYS = ("python", "numpy", "cpu", "cuda")
 
 
 def _fsync_tree(path: str) -> None:
@@ -59,54 +57,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-# ---- random number generators ------------------------------------------------------------------
-
-def rng_state(distributed: bool = False) -> Dict[str, Any]:
-    """transformers' rng_state.pth content: one CUDA state alone, every device's under torchrun."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all() if distributed else torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["cpu"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        if isinstance(cuda, torch.Tensor):
-            torch.cuda.set_rng_state(cuda)
-        elif len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:  # saved with another device count: this process's own device
-            torch.cuda.set_rng_state(cuda[min(torch.cuda.current_device(), len(cuda) - 1)])
-
-
-def rank_rng_path(output_dir: str, step: int, rank: int) -> str:
-    """Where a non-zero rank leaves its RNG state for rank 0 to move into checkpoint-<step>."""
-    return os.path.join(output_dir, f".rng-{step}.rng_state_{rank}.pth")
-
-
-def write_rank_rng(output_dir: str, step: int, rank: int) -> str:
-    """A non-zero rank's RNG state, written beside the checkpoint rank 0 is about to save."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = rank_rng_path(output_dir, step, rank)
-    torch.save(rng_state(distributed=True), path)
-    return path
-
-
-def _rng_file(ckpt_dir: str, rank: int, world_size: int) -> Optional[str]:
-    """This rank's RNG file: transformers' names first, then older lmtrain's `.pt` ones."""
-    names = [f"rng_state_{rank}.pth"] if world_size > 1 else []
-    names += ["rng_state.pth", "rng_state_0.pth"] if rank == 0 else []
-    names += [f"rng_state_{rank}.pt"] if rank else ["rng_state.pt"]
-    for name in names:
-        if os.path.isfile(os.path.join(ckpt_dir, name)):
-            return os.path.join(ckpt_dir, name)
-    return None
-
-
 # ---- writing -----------------------------------------------------------------------------------
 
 def save_checkpoint(
@@ -127,7 +77,7 @@ def save_checkpoint(
 ) -> str:
     """Write checkpoint-<step> atomically and return its path.
 
-    `other_ranks_rng`: RNG files ranks 1.. wrote beside the checkpoint (see `write_rank_rng`); they are
+    `other_ranks_rng`: RNG files ranks 1.. wrote beside the checkpoint (see `rng.write_rank_file`); they are
     moved inside as rng_state_<rank>.pth, and rank 0's is then rng_state_0.pth, as transformers names them.
     `extra`: more objects to restore with the checkpoint (returned by `load_training_state`).
     """
@@ -147,7 +97,7 @@ def save_checkpoint(
                 torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             if scaler is not None:
                 torch.save(scaler.state_dict(), os.path.join(tmp, "scaler.pt"))
-            torch.save(rng_state(distributed), os.path.join(tmp, "rng_state_0.pth" if distributed else "rng_state.pth"))
+            torch.save(rng.capture(distributed), os.path.join(tmp, rng.file_name(0, distributed)))
             for path in other_ranks_rng or []:
                 os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
             if extra:
@@ -325,12 +275,12 @@ def load_training_state(ckpt_dir: str, *, optimizer: Any, scheduler: Any, scaler
         _position_from_step(state, steps_per_epoch, grad_accum, ckpt_dir)
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    rng_file = _rng_file(ckpt_dir, rank, world_size)
+    rng_file = rng.find(ckpt_dir, rank, world_size)
     extra: Dict[str, Any] = {}
     if rng_file is not None:  # transformers, too, carries on without one
         saved = torch.load(rng_file, weights_only=False)
-        set_rng_state(saved)
-        extra = {k: v for k, v in saved.items() if k not in _RNG_KEYS}  # older lmtrain kept extras here
+        rng.restore(saved)
+        extra = {k: v for k, v in saved.items() if k not in rng.KEYS}  # older lmtrain kept extras here
     if os.path.isfile(path(EXTRA)):
         extra.update(torch.load(path(EXTRA), weights_only=False))
     return extra
@@ -363,8 +313,6 @@ def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
 
 def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> bool:
     """Track metric_for_best_model; True when this evaluation is a new best (transformers' rule)."""
-    from ..errors import ConfigError
-
     name = args.metric_for_best_model
     key = name if name.startswith("eval_") else f"eval_{name}"
     if key not in metrics:
@@ -390,3 +338,92 @@ def save_args(args: Any, out_dir: str) -> None:
             os.remove(args_bin)
     with open(os.path.join(out_dir, "training_args.json"), "w", encoding="utf-8") as f:
         f.write(args.to_json_string() + "\n")
+
+
+# ---- the owner -----------------------------------------------------------------------------------
+
+class Checkpointer:
+    """Every checkpoint of a run goes through here: its name, the collective save under torchrun (each
+    rank's RNG file, then rank 0 seals the directory), finding, resuming, rotation and the best one.
+
+    `args` is read at each call (output_dir, save_total_limit, save_safetensors, save_only_model can
+    change between runs, e.g. per hyperparameter trial); `rt` is the process's `Runtime` (None: one
+    process).
+    """
+
+    def __init__(self, args: Any, rt: Any = None) -> None:
+        self.args = args
+        self.rank = rt.rank if rt is not None else 0
+        self.world_size = rt.world_size if rt is not None else 1
+        self._barrier = rt.barrier if rt is not None else (lambda: None)
+
+    @property
+    def output_dir(self) -> str:
+        return self.args.output_dir
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.output_dir, f"{PREFIX}-{step}")
+
+    def list(self) -> List[str]:
+        """Complete checkpoints, oldest first (an unsealed lmtrain directory never counts)."""
+        return list_checkpoints(self.output_dir)
+
+    def latest(self) -> Optional[str]:
+        return latest_checkpoint(self.output_dir)
+
+    def resolve(self, resume: Any) -> Optional[str]:
+        """The checkpoint `resume` names (a path, True/"latest", or None with args.resume_from_checkpoint);
+        leftovers of a killed save are cleaned up first."""
+        return resolve_resume(resume, self.args, self.is_main)
+
+    def best_path(self, state: Any, saving_step: Optional[int] = None) -> Optional[str]:
+        """The best checkpoint's directory: it exists, or it is the one being saved at `saving_step`."""
+        best = state.best_global_step
+        if best and (best == saving_step or os.path.isdir(self.path(best))):
+            return self.path(best)
+        return None
+
+    def save(self, state: Any, *, model: torch.nn.Module, tokenizer: Any, optimizer: Any, scheduler: Any,
+             scaler: Any, model_state: Optional[Dict[str, Any]] = None,
+             optimizer_state: Optional[Dict[str, Any]] = None) -> str:
+        """Save checkpoint-<state.global_step> and rotate old ones. Collective: every rank calls it."""
+        step, out = state.global_step, self.output_dir
+        distributed = self.world_size > 1
+        if distributed and not self.is_main:
+            rng.write_rank_file(out, step, self.rank)
+        self._barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
+        if self.is_main:
+            best = self.best_path(state, saving_step=step)
+            if best is not None:  # set before saving: the checkpoint's state names itself when it is the best
+                state.best_model_checkpoint = best
+            save_checkpoint(
+                out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, state=state, args=self.args, model_state=model_state, optimizer_state=optimizer_state,
+                other_ranks_rng=[rng.rank_file(out, step, r) for r in range(1, self.world_size)],
+            )
+            rotate_checkpoints(out, self.args.save_total_limit, state.best_model_checkpoint)
+        self._barrier()
+        return self.path(step)
+
+    def load(self, ckpt_dir: str, *, model: Optional[torch.nn.Module], optimizer: Any, scheduler: Any, scaler: Any,
+             state: Any, steps_per_epoch: Optional[int] = None, grad_accum: int = 1) -> Dict[str, Any]:
+        """Restore weights (unless `model` is None: the caller scattered them, e.g. into FSDP shards),
+        optimizer (None: likewise), scheduler, scaler, TrainState and this rank's RNG."""
+        if model is not None:
+            load_model_weights(model, ckpt_dir)
+        return load_training_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
+                                   steps_per_epoch=steps_per_epoch, grad_accum=grad_accum, rank=self.rank,
+                                   world_size=self.world_size)
+
+    def update_best(self, state: Any, metrics: Dict[str, float]) -> bool:
+        """Track metric_for_best_model in the state; True on a new best."""
+        return update_best(state, self.args, metrics)
+
+    def finish(self, state: Any) -> None:
+        """End of a run: with save_total_limit=1 the one checkpoint left is the best (transformers)."""
+        if self.is_main and state.best_model_checkpoint and self.args.save_total_limit == 1:
+            keep_only(self.output_dir, state.best_model_checkpoint)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 import numpy as np
 import torch
 
-from .data import batch_tokens, to_device
+from ..data.loader import batch_tokens, to_device
 
 
 class EvalPrediction:

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..distributed import unwrap
+
 # Dense peak FLOP/s by GPU name fragment: (bf16/fp16, fp32 without tf32). First match wins.
 GPU_PEAK = (
     ("H200", 989e12, 67e12),
@@ -24,6 +26,7 @@ GPU_PEAK = (
     ("A10G", 125e12, 31.2e12),
     ("A10", 125e12, 31.2e12),
     ("L40S", 362e12, 91.6e12),
+    ("L40", 181e12, 90.5e12),  # (before "L4", which its name contains)
     ("L4", 121e12, 30.3e12),
     ("RTX 4090", 165e12, 82.6e12),
     ("RTX 3090", 71e12, 35.6e12),
@@ -32,14 +35,9 @@ GPU_PEAK = (
 )
 
 
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """6*N + 12*L*d*T for a transformers model; 6*N for anything without a config."""
-    model = _inner(model)
+    model = unwrap(model)
     n = sum(p.numel() for p in model.parameters())
     config = getattr(model, "config", None)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None

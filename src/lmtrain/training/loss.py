@@ -12,14 +12,13 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..data.collators import IGNORE_INDEX
+from ..distributed import unwrap
 
 
 def label_shift(model: torch.nn.Module) -> int:
     """1 when the model predicts the *next* token (causal LM: labels are shifted inside), else 0."""
-    model = getattr(model, "module", model)  # DDP / compiled wrappers
-    model = getattr(model, "_orig_mod", model)
-    name = type(model).__name__
+    name = type(unwrap(model)).__name__
     if name.endswith(("ForCausalLM", "LMHeadModel")):
         return 1
     try:

@@ -45,10 +45,17 @@ class RunPlan:
     eval_steps: Optional[int]
     save_steps: Optional[int]
     strategies: dict
+    micro_batch: int = 1
+    """Sequences per micro-batch on this process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
 
     @classmethod
-    def make(cls, args: Any, loader: Any, dataset: Any, world_size: int = 1) -> "RunPlan":
-        ga = args.gradient_accumulation_steps
+    def make(cls, args: Any, loader: Any, dataset: Any, world_size: int = 1, micro_batch: Optional[int] = None,
+             grad_accum: Optional[int] = None) -> "RunPlan":
+        """The plan for `args`; `micro_batch`/`grad_accum` replace theirs (auto_find_batch_size's halving)."""
+        ga = grad_accum or args.gradient_accumulation_steps
+        micro_batch = micro_batch or args.per_device_train_batch_size
         try:
             batches = len(loader)
         except TypeError:
@@ -59,10 +66,12 @@ class RunPlan:
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         return cls(
             batches_per_epoch=batches or total * ga,
+            micro_batch=micro_batch,
+            grad_accum=ga,
             steps_per_epoch=steps_per_epoch,
             total_steps=total,
             num_epochs=math.ceil(total / steps_per_epoch),
-            effective_batch=args.per_device_train_batch_size * ga * world_size,
+            effective_batch=micro_batch * ga * world_size,
             seq_len=_seq_len(dataset),
             logging_steps=_interval(args.logging_steps, total),
             eval_steps=_interval(args.eval_steps, total),
@@ -148,8 +157,8 @@ def describe_run(plan: RunPlan, args: Any, model: torch.nn.Module, rt: Any, resu
     lines = [
         f"lmtrain: {type(model).__name__} with {params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable) "
         f"on {rt.device.type}{f' x{rt.world_size} processes' if rt.distributed else ''}, {precision}",
-        f"  effective batch {plan.effective_batch} = {args.per_device_train_batch_size} per device x "
-        f"{args.gradient_accumulation_steps} accumulation x {rt.world_size} process(es)"
+        f"  effective batch {plan.effective_batch} = {plan.micro_batch} per device x "
+        f"{plan.grad_accum} accumulation x {rt.world_size} process(es)"
         + (f"; {plan.tokens_per_step:,} tokens per optimizer step" if plan.tokens_per_step else ""),
         f"  {plan.total_steps} optimizer steps ({plan.steps_per_epoch} per epoch, {plan.num_epochs} epoch(s)), "
         f"warmup {args.get_warmup_steps(plan.total_steps)} steps, {args.lr_scheduler_type} schedule, "

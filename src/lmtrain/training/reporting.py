@@ -3,13 +3,11 @@ and a sample generation after each evaluation. They use the transformers event n
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import time
 from typing import Any, List
 
+from ..runlog import RunLog
 from .callbacks import TrainerCallback
 
 
@@ -87,26 +85,17 @@ class ProgressCallback(TrainerCallback):
 
 
 class JsonlLoggerCallback(TrainerCallback):
-    """Appends every logged record, as one JSON object a line, to output_dir/log.jsonl."""
+    """Appends every logged record, as one JSON object a line, to output_dir/log.jsonl (lmtrain.runlog writes it)."""
 
     def __init__(self) -> None:
-        self.sealed = False
+        self.runlog = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        os.makedirs(args.output_dir, exist_ok=True)
-        record = {"step": state.global_step, "epoch": round(state.epoch, 4), "time": round(time.time(), 3), **logs}
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        path = os.path.join(args.output_dir, "log.jsonl")
-        with open(path, "a+b") as f:
-            if not self.sealed:  # a killed run may have left half a line: end it, so it stands alone
-                self.sealed = True
-                if f.tell() > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        f.write(b"\n")
-            f.write((json.dumps(record) + "\n").encode("utf-8"))
+        if self.runlog is None or self.runlog.output_dir != os.fspath(args.output_dir):  # e.g. a new search trial
+            self.runlog = RunLog(args.output_dir)
+        self.runlog.log(state.global_step, state.epoch, logs)
 
 
 class TensorBoardCallback(TrainerCallback):
@@ -136,28 +125,39 @@ class TensorBoardCallback(TrainerCallback):
             self.writer = None
 
 
+def generate_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 40, seed: int = 42) -> str:
+    """A short sampled continuation of `prompt` (top-k 50), leaving the model's mode and the global RNG as they were."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+        torch.manual_seed(seed)
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=True, top_k=50,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    model.train(was_training)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
 class SampleCallback(TrainerCallback):
     """Prints a short generation from `prompt` after each evaluation, to watch a causal LM learn."""
 
     def __init__(self, tokenizer: Any, prompt: str, max_new_tokens: int = 40) -> None:
         self.tokenizer, self.prompt, self.max_new_tokens = tokenizer, prompt, max_new_tokens
+        self.last_step = None
+        """The step of the last sample printed (None before the first)."""
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if model is None or not state.is_world_process_zero:
             return
-        import torch
+        self.show(model, state.global_step, args.seed)
 
-        device = next(model.parameters()).device
-        ids = self.tokenizer(self.prompt, return_tensors="pt", add_special_tokens=False).to(device)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-            torch.manual_seed(args.seed)
-            out = model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=True, top_k=50,
-                                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        model.train(was_training)
-        text = self.tokenizer.decode(out[0], skip_special_tokens=True)
-        print(f"sample at step {state.global_step}: {text!r}", flush=True)
+    def show(self, model: Any, step: int, seed: int = 42) -> None:
+        text = generate_sample(model, self.tokenizer, self.prompt, self.max_new_tokens, seed)
+        print(f"sample at step {step}: {text!r}", flush=True)
+        self.last_step = step
 
 
 class WandbCallback(TrainerCallback):

@@ -48,17 +48,18 @@ class StepFeed:
         if state.batches_in_epoch == 0:
             raise LmtrainError("the training dataloader yielded no batches; the dataset is empty.")
 
-    def halve_batch(self, args: Any) -> bool:
-        """auto_find_batch_size: after an out-of-memory error, halve the micro-batch and double the
-        accumulation (the effective batch stays), and rewind to the start of the failed step."""
-        if not args.auto_find_batch_size or args.per_device_train_batch_size < 2:
-            return False
+    def halve_batch(self, micro_batch: int) -> int:
+        """auto_find_batch_size, after an out-of-memory error at micro-batch size `micro_batch`: the smaller
+        micro-batch to retry with (0: it cannot shrink). It is split by its smallest prime factor f (a
+        halving when even), the accumulation grows f times so the effective batch stays, and the position
+        rewinds to the start of the failed step. The caller keeps the new size (the user's args stay)."""
+        factor = next((f for f in range(2, micro_batch + 1) if micro_batch % f == 0), 0)
+        if not factor:
+            return 0
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        args.per_device_train_batch_size //= 2
-        args.gradient_accumulation_steps *= 2
-        self.grad_accum = args.gradient_accumulation_steps
+        self.grad_accum *= factor
         epoch, consumed = self.step_start
-        # the order is one permutation per epoch: old micro-batch b holds the samples of new ones 2b, 2b+1
-        self.state.data_epoch, self.state.batches_in_epoch = epoch, consumed * 2
-        return True
+        # the order is one permutation per epoch: old micro-batch b holds the samples of new ones fb .. fb+f-1
+        self.state.data_epoch, self.state.batches_in_epoch = epoch, consumed * factor
+        return micro_batch // factor

@@ -1,60 +1,39 @@
 """`Trainer`: the transformers-compatible facade over lmtrain's loop.
 
-The facade holds the pieces (model, data, optimizer, callbacks, state) and exposes transformers'
-overridable methods (`compute_loss`, `training_step`, `prediction_step`, `create_optimizer`,
-`create_scheduler`, `get_train_dataloader`, `log`, `evaluate`...). `train()` plans the run, restores a
-checkpoint and hands over to `loop.run_training`, which calls those methods in transformers' event
-order. Device and precision differences live in `lmtrain.distributed.Runtime`; checkpoints, evaluation,
-data order and hyperparameter search have their own modules.
+The facade holds the pieces (model, data, optimizer, callbacks, state, checkpointer) and exposes
+transformers' overridable methods (`compute_loss`, `training_step`, `prediction_step`,
+`create_optimizer`, `create_scheduler`, `get_train_dataloader`, `log`, `evaluate`...). The work is done
+elsewhere: `run.train` plans the run, restores a checkpoint and hands over to `loop.run_training`, which
+calls those methods in transformers' event order; `predict` evaluates; `checkpoint.Checkpointer` owns
+the checkpoints; device and precision differences live in `lmtrain.distributed.Runtime`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import sys
-import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ..args import TrainingArguments
-from ..distributed import full_state_dicts, load_full_state_dicts, setup_runtime, shard_model, wrap_model
-from ..errors import ConfigError, TrainingError
+from ..data.loader import KeepColumns, drop_unused_columns, example_lengths, forward_columns, make_loader, to_device
+from ..distributed import full_state_dicts, setup_runtime
+from ..errors import ConfigError
 from . import checkpoint as ckpt
-from . import optim
-from .callbacks import (CallbackHandler, DefaultFlowCallback, TrainerControl, callback_states,
-                        restore_callback_states)
-from .data import KeepColumns, drop_unused_columns, example_lengths, forward_columns, make_loader, to_device
-from .extras import accepts_loss_kwargs, activate_neftune, apply_log_level, default_collator, memory_tracker
-from .evaluate import (EvalLoopOutput, PredictionOutput, StepOutput, _detach, evaluation_loop, find_batch_size,
-                       outputs_to_predictions)
-from .flops import mfu_scale
-from .loop import run_training
+from . import optim, predict, run
+from .callbacks import CallbackHandler, DefaultFlowCallback, TrainerControl
+from .evaluate import EvalLoopOutput, PredictionOutput
+from .extras import accepts_loss_kwargs, apply_log_level, default_collator
+from .linear_ce import linear_cross_entropy_sum, lm_loss_sum_fused
 from .loss import count_label_tokens, label_shift, output_logits, token_loss_sum
-from .plan import RunPlan, describe_run, set_seed
+from .plan import set_seed
 from .reporting import JsonlLoggerCallback, ProgressCallback, reporting_callbacks
 from .results import format_metrics, save_metrics, write_model_card
-from .signals import StopRequest
+from .run import TrainOutput
 from .state import TrainState
-from .steps import StepFeed
 from .window import LogWindow
-
-# TrainState fields that describe this run (its plan and process roles), not the saved progress
-_RUN_FIELDS = ("max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps", "train_batch_size",
-               "is_world_process_zero", "is_local_process_zero", "is_hyper_param_search", "trial_name", "trial_params")
-
-
-class TrainOutput(NamedTuple):
-    global_step: int
-    training_loss: float
-    metrics: Dict[str, float]
-
-
-def _overrides(obj: Any, name: str) -> bool:
-    """Whether a subclass of Trainer replaced method `name`."""
-    return getattr(type(obj), name) is not getattr(Trainer, name)
 
 
 class Trainer:
@@ -102,15 +81,30 @@ class Trainer:
         # None: decide from the model (transformers' rule); True/False: what a custom compute_loss returns
         self.loss_is_scaled_for_ga: Optional[bool] = None
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
+        # the run's micro-batch and accumulation: the args' values until auto_find_batch_size halves them
+        self._train_batch_size = self.args.per_device_train_batch_size
+        self._gradient_accumulation_steps = self.args.gradient_accumulation_steps
         self.current_flos = 0.0
         self.is_in_train = False
         self.hp_search_backend: Any = None
         self.hp_name: Optional[Callable] = None
         self._trial: Any = None
+        # set by hyperparameter_search (transformers' public names, and lmtrain's private ones)
+        self.hp_space: Optional[Callable] = None
+        self.compute_objective: Optional[Callable] = None
+        self.objective: Any = None
+        self._hp_space: Optional[Callable] = None
+        self._compute_objective: Optional[Callable] = None
+        self._search_output_dir: Optional[str] = None
         self.interrupted: Optional[str] = None
         self._last_logged_step = 0
+        self._mfu_scale: Optional[float] = None  # model FLOPs per token / device peak, known once training starts
+        self._ignore_keys_for_eval: Optional[List[str]] = None
         # compiled, the float32 upcast and the cross-entropy fuse: the fp32 logits are never stored
         self._loss_sum = torch.compile(token_loss_sum, dynamic=False) if self.args.torch_compile else token_loss_sum
+        # loss_chunk_size: the head and the cross-entropy a chunk at a time (linear_ce), compiled likewise
+        self._chunked_ce = torch.compile(linear_cross_entropy_sum, dynamic=False) \
+            if self.args.torch_compile and self.args.loss_chunk_size else linear_cross_entropy_sum
         self.state = TrainState(is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
         self.control = TrainerControl()
         default_cbs = [DefaultFlowCallback(), ProgressCallback(), JsonlLoggerCallback(),
@@ -119,6 +113,7 @@ class Trainer:
                                                 self.processing_class, self.optimizer, self.lr_scheduler)
         self.ignored_kwargs = sorted(unused)
         self.refuse_existing_checkpoints = False  # the CLI refuses; the library warns, as transformers trains on
+        self.checkpointer = ckpt.Checkpointer(self.args, self.rt)
         self.control = self._fire("on_init_end")
 
     def _set_model(self, model: torch.nn.Module) -> None:
@@ -231,7 +226,7 @@ class Trainer:
     def get_train_dataloader(self) -> Any:
         if self.train_dataset is None:
             raise ConfigError("Trainer.train() needs a train_dataset.")
-        return self._loader(self.train_dataset, self.args.per_device_train_batch_size, True, "training dataset")
+        return self._loader(self.train_dataset, self._train_batch_size, True, "training dataset")
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         if isinstance(eval_dataset, str):  # transformers: the name of one of a dict of eval datasets
@@ -272,8 +267,12 @@ class Trainer:
         self.create_optimizer()
         self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
 
+    def _overrides(self, name: str) -> bool:
+        """Whether a subclass replaced method `name` (then transformers' route is taken)."""
+        return getattr(type(self), name) is not getattr(Trainer, name)
+
     def _custom_loss(self) -> bool:
-        return self.compute_loss_func is not None or _overrides(self, "compute_loss")
+        return self.compute_loss_func is not None or self._overrides("compute_loss")
 
     def _forward(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, int, Any]:
         """(sum of token losses, label tokens or -1 when not counted here, outputs) for one batch.
@@ -287,8 +286,14 @@ class Trainer:
         ids = inputs.get("input_ids")
         smoothing = self.args.label_smoothing_factor
         if labels is not None and ((ids is not None and labels.shape == ids.shape) or smoothing):
-            outputs = model(**{k: v for k, v in inputs.items() if k != key})
+            features = {k: v for k, v in inputs.items() if k != key}
             shift = self.shift if labels.dim() > 1 else 0
+            if self.args.loss_chunk_size > 0 and model.training:  # evaluation keeps the logits: metrics read them
+                fused = lm_loss_sum_fused(model, features, labels, shift, smoothing, self.args.loss_chunk_size,
+                                          self._chunked_ce)
+                if fused is not None:  # None: not a model whose head can be fused; the full logits below
+                    return fused[0], -1, fused[1]
+            outputs = model(**features)
             return self._loss_sum(output_logits(outputs), labels, shift, smoothing), -1, outputs
         outputs = model(**inputs)
         if isinstance(outputs, dict) and "loss" not in outputs:  # no labels, no loss: predictions only
@@ -316,13 +321,16 @@ class Trainer:
         if loss_sum is None:
             raise ConfigError(f"the model did not return a loss, only {', '.join(outputs.keys())}; pass labels "
                               f"(named in label_names) or override compute_loss.")
-        if num_items_in_batch is None or (not self.model_accepts_loss_kwargs and _overrides(self, "compute_loss")):
+        if num_items_in_batch is None or (not self.model_accepts_loss_kwargs and self._overrides("compute_loss")):
             # transformers' default compute_loss gives a model that takes no loss kwargs its own batch mean
             # (and training_step divides it by the micro-batches): a subclass calling super() gets the same
             labels = inputs.get(self.label_names[0])
             num_items_in_batch = items if items >= 0 else count_label_tokens(
                 labels.cpu(), self.shift if labels.dim() > 1 else 0)
-        loss = loss_sum / max(int(num_items_in_batch), 1)
+        if isinstance(num_items_in_batch, torch.Tensor):  # (under torchrun the count stays on the device)
+            loss = loss_sum / num_items_in_batch.to(loss_sum.device).clamp(min=1)
+        else:
+            loss = loss_sum / max(int(num_items_in_batch), 1)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: torch.nn.Module, inputs: Dict[str, Any],
@@ -350,436 +358,50 @@ class Trainer:
             self.rt.backward(loss * self.rt.world_size if spread else loss)
         return loss.detach()
 
-    def _label_tokens(self, micro_batches: List[Dict[str, Any]], stop: StopRequest) -> int:
-        """Label tokens of the whole step over all ranks (counted on the host copies).
-
-        Under torchrun the same all-reduce carries the stop flag, so that a SIGTERM seen by any rank
-        stops every rank after the same step. With average_tokens_across_devices=False the count is
-        this rank's own.
-        """
-        key = self.label_names[0]
-        local = 0
-        for b in micro_batches:
-            labels = b.get(key)
-            local += 1 if labels is None else count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
-        total, stops = self.rt.sum_ints(local, int(stop.signal is not None))
-        if stops and stop.signal is None:
-            stop.signal = "SIGTERM (on another rank)"
-        return total if self.args.average_tokens_across_devices else local
-
-    def _optimizer_step(self, model: torch.nn.Module) -> Tuple[torch.Tensor, torch.Tensor, float]:
-        """Unscale, clip, step, schedule. Returns (grad norm, skipped) as device tensors (no sync) and the
-        learning rate the step used.
-
-        With nan_policy="skip" a step whose gradients are not finite changes nothing: the fused AdamW
-        kernels take the flag on the device (`found_inf`, as GradScaler uses them); other optimizers
-        read it on the host, which is the one synchronisation that policy costs them.
-        """
-        scaler, opt = self.rt.scaler, self.optimizer
-        if scaler is not None:
-            scaler.unscale_(opt)
-        params = [p for p in model.parameters() if p.grad is not None]
-        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm, foreach=True)
-        elif params:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))
-        else:
-            norm = torch.zeros((), device=self.rt.device)
-        skipped = torch.zeros((), dtype=torch.bool, device=self.rt.device)
-        self.control = self._fire("on_pre_optimizer_step")
-        if scaler is not None:
-            scaler.step(opt)  # the scaler skips non-finite steps itself
-            scaler.update()
-        elif self.args.nan_policy == "skip":
-            skipped = ~torch.isfinite(norm)
-            if opt.defaults.get("fused"):
-                opt.found_inf = skipped.float()
-                opt.step()
-                del opt.found_inf
-            elif not bool(skipped):
-                opt.step()
-        else:
-            opt.step()
-        self.control = self._fire("on_optimizer_step")
-        lr = optim.current_lr(self.lr_scheduler if self.lr_scheduler is not None else opt)
-        if not optim.is_plateau(self.lr_scheduler):  # ReduceLROnPlateau steps after evaluations instead
-            self.lr_scheduler.step()
-        opt.zero_grad(set_to_none=True)
-        if hasattr(norm, "full_tensor"):  # FSDP: the norm is a DTensor
-            norm = norm.full_tensor()
-        return norm.detach(), skipped, lr
-
     # ---- the run --------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None,
               **kwargs: Any) -> TrainOutput:
         """Train for max_steps (or num_train_epochs); resume from a checkpoint when given one (or True)."""
-        from .hpsearch import apply_trial
-
-        args = self.args
-        self.is_in_train = True
-        self._ignore_keys_for_eval = ignore_keys_for_eval
-        tracker = memory_tracker(args)
-        if self.model_init is not None:  # transformers re-creates the model for every run
-            set_seed(args.seed, deterministic=args.full_determinism)
-            apply_trial(self, trial)
-            self._set_model(self.call_model_init(trial))
-            self.optimizer, self.lr_scheduler = None, None
-        elif trial is not None:
-            apply_trial(self, trial)
-        if self._created_lr_scheduler:  # a second train(): a new schedule over the new run's steps
-            self.lr_scheduler, self._created_lr_scheduler = None, False
-        resume = self._resolve_resume(resume_from_checkpoint)
-        loader = self.get_train_dataloader()
-        plan = RunPlan.make(args, loader, self.train_dataset, world_size=self.rt.world_size)
-        if args.fsdp and self.rt.distributed and not self.rt.fsdp:
-            shard_model(self.model, self.rt)  # before the optimizer: it must hold the sharded parameters
-        elif args.fsdp and not self.rt.distributed:
-            self.rt.notes.append("fsdp (one process: run under torchrun to shard)")
-        self.create_optimizer_and_scheduler(plan.total_steps)
-        self.state = self._new_state(plan, trial)
-        if resume is not None:
-            self._restore(resume, plan)
-        if self.rt.is_main:
-            print(describe_run(plan, args, self.model, self.rt, resume, self.ignored_kwargs), flush=True)
-        model = wrap_model(self.model, self.rt, args)
-        self.model_wrapped = model
-        for name in ("model", "optimizer", "lr_scheduler"):
-            setattr(self.callback_handler, name, getattr(self, name))
-        self.callback_handler.train_dataloader = loader
-        window = LogWindow(self.rt.device, self.state, self.rt.rank)
-        window.nan_inf_filter = args.logging_nan_inf_filter and args.nan_policy == "ignore"
-        self._last_logged_step = self.state.global_step
-        self._mfu_scale = mfu_scale(self.model, plan.seq_len, self.rt)
-        feed = StepFeed(self.state, args.gradient_accumulation_steps)
-        neftune = activate_neftune(self.model, args.neftune_noise_alpha)
-        start = time.perf_counter()
-        try:
-            with StopRequest() as stop:
-                begin = True
-                while True:
-                    try:
-                        run_training(self, model, loader, plan, window, feed, stop, begin=begin)
-                        break
-                    except torch.cuda.OutOfMemoryError:
-                        self.optimizer.zero_grad(set_to_none=True)
-                        if not feed.halve_batch(args):
-                            raise
-                        if self.rt.is_main:
-                            print(f"out of memory: per_device_train_batch_size is now "
-                                  f"{args.per_device_train_batch_size} with gradient_accumulation_steps "
-                                  f"{args.gradient_accumulation_steps} (same effective batch); retrying step "
-                                  f"{self.state.global_step + 1}", flush=True)
-                        begin = False
-                        loader = self.get_train_dataloader()
-                        plan = dataclasses.replace(RunPlan.make(args, loader, self.train_dataset, self.rt.world_size),
-                                                   total_steps=plan.total_steps)
-        finally:
-            if neftune is not None:
-                neftune.remove()
-        return self._finish_training(plan, window, time.perf_counter() - start, stop, tracker)
-
-    def _resolve_resume(self, resume: Any) -> Optional[str]:
-        """The checkpoint to resume from; a fresh run into a folder with checkpoints warns (library) or
-        refuses (CLI), naming the flags that continue or replace them."""
-        args = self.args
-        if resume is False:
-            resume = None
-        existing = ckpt.list_checkpoints(args.output_dir)
-        fresh = resume is None and not args.resume_from_checkpoint and existing and not args.overwrite_output_dir
-        if fresh and self.refuse_existing_checkpoints:
-            raise ConfigError(
-                f"{args.output_dir} already holds checkpoints (latest {os.path.basename(existing[-1])}); pass "
-                f"--resume to continue it, or --overwrite_output_dir to start over.")
-        if fresh and self.rt.is_main:
-            print(f"warning: {args.output_dir} already holds {len(existing)} checkpoint(s); training from scratch "
-                  f"as transformers does (pass resume_from_checkpoint=True, or --resume_from_checkpoint "
-                  f"{existing[-1]}, to continue; --overwrite_output_dir to silence this).", file=sys.stderr)
-        return ckpt.resolve_resume(resume, args, self.rt.is_main)
-
-    def _new_state(self, plan: RunPlan, trial: Any) -> TrainState:
-        args = self.args
-        state = TrainState(max_steps=plan.total_steps, num_train_epochs=plan.num_epochs,
-                           logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
-                           save_steps=plan.save_steps, train_batch_size=args.per_device_train_batch_size,
-                           is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
-        state.is_hyper_param_search = trial is not None
-        if trial is not None:
-            from .hpsearch import trial_params
-
-            state.trial_params = trial_params(trial)
-            state.trial_name = self.hp_name(trial) if self.hp_name is not None else None
-        state.stateful_callbacks = callback_states(self.callback_handler.callbacks, self.control)
-        return state
-
-    def _restore(self, resume: str, plan: RunPlan) -> None:
-        """Load model, optimizer, scheduler, RNG and progress from `resume` (lmtrain's or transformers')."""
-        args = self.args
-        this_run = {k: v for k, v in self.state.state_dict().items() if k in _RUN_FIELDS}
-        if self.rt.fsdp:  # full state dicts, scattered into the shards
-            load_full_state_dicts(self.model, self.optimizer, ckpt.read_model_state(resume),
-                                  ckpt.read_optimizer_state(resume), self.rt)
-        else:
-            ckpt.load_model_weights(self.model, resume)
-        ckpt.load_training_state(resume, optimizer=None if self.rt.fsdp else self.optimizer,
-                                 scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state,
-                                 steps_per_epoch=plan.steps_per_epoch, grad_accum=args.gradient_accumulation_steps)
-        # the saved counters and history continue; this run's plan and process roles are its own
-        self.state.load_state_dict(this_run)
-        if self.state.batches_in_epoch >= plan.batches_per_epoch:  # saved at an epoch's last step
-            self.state.data_epoch, self.state.batches_in_epoch = self.state.data_epoch + 1, 0
-        if args.ignore_data_skip:
-            self.state.batches_in_epoch = 0
-        if self.state.best_model_checkpoint and not os.path.isdir(self.state.best_model_checkpoint):
-            self.state.best_model_checkpoint = None  # rotated away since: forget it, as transformers does
-        if args.restore_callback_states_from_checkpoint:
-            restore_callback_states(self.state.stateful_callbacks, self.callback_handler, self.control)
+        return run.train(self, resume_from_checkpoint, trial, ignore_keys_for_eval)
 
     def _maybe_log_save_evaluate(self, window: LogWindow) -> None:
         """Log, evaluate and save as the control flags say (set by DefaultFlowCallback and others)."""
-        paused = time.perf_counter()
-        if self.control.should_log and self.state.global_step > self._last_logged_step:
-            self._log_window(window)
-        if self.control.should_evaluate:
-            metrics = self._evaluate()
-            new_best = self._determine_best_metric(metrics)
-            if self.args.save_strategy == "best":
-                self.control.should_save = new_best
-        if self.control.should_save:
-            self._save_checkpoint(window)
-            self.control = self._fire("on_save")
-        window.started += time.perf_counter() - paused  # throughput counts training time only
+        run.maybe_log_save_evaluate(self, window)
 
     def _evaluate(self, skip_scheduler: bool = False) -> Dict[str, float]:
         """Evaluation during training: also steps ReduceLROnPlateau and reports to a search trial."""
-        metrics = self.evaluate(ignore_keys=getattr(self, "_ignore_keys_for_eval", None))
-        if self._trial is not None:
-            from .hpsearch import report_to_trial
-
-            report_to_trial(self, metrics)
-        if optim.is_plateau(self.lr_scheduler) and not skip_scheduler:
-            name = self.args.metric_for_best_model or "loss"
-            self.lr_scheduler.step(metrics[name if name.startswith("eval_") else f"eval_{name}"])
-        return metrics
+        return run.evaluate_in_training(self, skip_scheduler)
 
     def _determine_best_metric(self, metrics: Dict[str, float]) -> bool:
         """Track metric_for_best_model in state.best_metric / best_global_step; True on a new best."""
         if not self.args.metric_for_best_model:
             return False
-        return ckpt.update_best(self.state, self.args, metrics)
-
-    def _log_window(self, window: LogWindow) -> None:
-        """Read the device accumulators (the only host synchronisation of the step) and log them."""
-        self._check_finite(window)
-        record = window.read(self.rt)
-        record["learning_rate"] = window.lr
-        if getattr(self, "_mfu_scale", None):
-            record["mfu"] = round(record["tokens_per_second"] * self._mfu_scale, 4)
-        tokens = record.pop("tokens")
-        self.state.num_input_tokens_seen += tokens
-        self.state.total_flos += 6.0 * self.num_parameters * tokens
-        self._last_logged_step = self.state.global_step
-        self.log(record)
-        window.reset(self.state)
-
-    def _check_finite(self, window: LogWindow) -> None:
-        """nan_policy=stop: fail on the first non-finite step, naming it; the last good checkpoint stays."""
-        if self.args.nan_policy != "stop":
-            return
-        bad = window.bad_step()
-        if bad >= 0:
-            last = ckpt.latest_checkpoint(self.args.output_dir)
-            raise TrainingError(
-                f"the loss became NaN or infinite at step {bad}; lower the learning rate "
-                f"(now {optim.current_lr(self.lr_scheduler):.3g}) or set max_grad_norm, then resume from "
-                f"{last or 'the start'} (or pass --nan_policy skip)."
-            )
+        return self.checkpointer.update_best(self.state, metrics)
 
     def _save_checkpoint(self, window: LogWindow) -> None:
-        if self.args.nan_policy == "stop" and window.bad_step() >= 0:
-            self._check_finite(window)  # never save weights a NaN step touched: stop with the last good one
-        window.store(self.state, self.rt)  # the running loss of this window travels with the checkpoint
-        step, out = self.state.global_step, self.args.output_dir
-        model_sd, optim_sd = full_state_dicts(self.model, self.optimizer, self.rt)  # FSDP: gathered on all ranks
-        rank_files = [] if self.rt.is_main else [ckpt.write_rank_rng(out, step, self.rt.rank)]
-        self.rt.barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
-        if self.rt.is_main:
-            rank_files = [ckpt.rank_rng_path(out, step, r) for r in range(1, self.rt.world_size)]
-            best = self.state.best_global_step
-            if best and (best == step or os.path.isdir(os.path.join(out, f"{ckpt.PREFIX}-{best}"))):
-                # set before saving: the checkpoint's state names itself when it is the best
-                self.state.best_model_checkpoint = os.path.join(out, f"{ckpt.PREFIX}-{best}")
-            self.state.stateful_callbacks = callback_states(self.callback_handler.callbacks, self.control)
-            ckpt.save_checkpoint(
-                out, step, model=self.model, tokenizer=self.processing_class, optimizer=self.optimizer,
-                scheduler=self.lr_scheduler, scaler=self.rt.scaler, state=self.state, args=self.args,
-                other_ranks_rng=rank_files, model_state=model_sd, optimizer_state=optim_sd,
-            )
-            ckpt.rotate_checkpoints(out, self.args.save_total_limit, self.state.best_model_checkpoint)
-        self.rt.barrier()
-
-    def _finish_training(self, plan: RunPlan, window: LogWindow, runtime: float, stop: StopRequest,
-                         tracker: Any) -> TrainOutput:
-        """transformers' order: the train metrics are logged, the best model loaded, then on_train_end."""
-        state = self.state
-        if stop.signal is not None:
-            self._stopped_by_signal(stop.signal)
-        window.store(state, self.rt)
-        state.num_input_tokens_seen += window.tokens  # the steps after the last log count too
-        state.total_flos += 6.0 * self.num_parameters * window.tokens
-        total_tokens = window.total_tokens + window.tokens
-        steps_here = max(state.global_step - window.first_step + 1, 1)
-        train_loss = window.total_loss(self.rt) / max(state.global_step, 1)
-        samples = steps_here * plan.effective_batch
-        metrics = {
-            "train_runtime": round(runtime, 4),
-            "train_samples_per_second": round(samples / runtime, 3) if runtime else 0.0,
-            "train_steps_per_second": round(steps_here / runtime, 3) if runtime else 0.0,
-            "train_tokens_per_second": round(total_tokens / runtime, 1) if runtime else 0.0,
-            "total_flos": float(state.total_flos),
-            "train_loss": train_loss,
-        }
-        if getattr(self, "_mfu_scale", None) and runtime:
-            metrics["train_mfu"] = round(metrics["train_tokens_per_second"] * self._mfu_scale, 4)
-        if tracker is not None:
-            tracker.stop_and_update_metrics(metrics)
-        self.log(metrics)
-        if self.args.load_best_model_at_end and state.best_model_checkpoint and stop.signal is None:
-            ckpt.load_model_weights(self.model, state.best_model_checkpoint)
-        if self.rt.is_main and state.best_model_checkpoint and self.args.save_total_limit == 1:
-            ckpt.keep_only(self.args.output_dir, state.best_model_checkpoint)  # transformers: the best one stays
-        self.control = self._fire("on_train_end")
-        self.is_in_train = False
-        return TrainOutput(state.global_step, train_loss, metrics)
-
-    def _stopped_by_signal(self, name: str) -> None:
-        self.interrupted = name
-        if self.rt.is_main:
-            where = ckpt.latest_checkpoint(self.args.output_dir)
-            print(f"stopped by {name} after step {self.state.global_step}; saved {where}. Resume with "
-                  f"`lmtrain train ... --resume` or trainer.train(resume_from_checkpoint=True).", flush=True)
+        run.save_checkpoint(self, window)
 
     # ---- evaluation, prediction, saving ---------------------------------------------------------
 
     def prediction_step(self, model: torch.nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: Optional[List[str]] = None) -> Tuple[Any, Any, Any]:
         """(mean loss, predictions, labels) of one batch, through `compute_loss` (transformers' route)."""
-        has_labels = bool(self.label_names) and all(inputs.get(k) is not None for k in self.label_names)
-        inputs = self._prepare_inputs(inputs)
-        if ignore_keys is None:
-            config = getattr(self.model, "config", None)
-            ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", ["cache"]) or []) if config is not None \
-                else []
-        labels = self._batch_labels(inputs) if has_labels else None
-        with torch.no_grad(), self.rt.autocast():
-            if has_labels:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
-                                                  num_items_in_batch=self._eval_items(inputs))
-                loss = loss.detach().mean()
-            else:
-                loss, outputs = None, model(**inputs)
-        if prediction_loss_only:
-            return loss, None, None
-        return loss, outputs_to_predictions(outputs, has_labels, ignore_keys), labels
-
-    def _batch_labels(self, inputs: Dict[str, Any]) -> Any:
-        """The batch's labels as transformers returns them: one tensor, or a tuple for several label_names."""
-        labels = tuple(_detach(inputs.get(k)) for k in self.label_names)
-        return labels[0] if len(labels) == 1 else labels
-
-    def _eval_items(self, inputs: Dict[str, Any]) -> Any:
-        """transformers' num_items_in_batch in evaluation: the batch's label tokens, when the model or
-        compute_loss_func normalises by it (else None)."""
-        labels = inputs.get("labels")
-        if not isinstance(labels, torch.Tensor) or not (self.model_accepts_loss_kwargs or self.compute_loss_func):
-            return None
-        if self.shift and labels.dim() > 1:
-            labels = labels[..., self.shift:]
-        return labels.ne(-100).sum()
-
-    def _fast_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
-        """lmtrain's own step: a token-weighted loss sum, logits as predictions."""
-        with self.rt.autocast():
-            loss_sum, items, outputs = self._forward(model, batch)
-        labels = batch.get(self.label_names[0])
-        has_labels = labels is not None and all(batch.get(k) is not None for k in self.label_names)
-        if labels is None:
-            weight, loss_sum = 0, None
-        else:
-            weight = items if items >= 0 else count_label_tokens(labels, self.shift if labels.dim() > 1 else 0)
-        if self._only_loss:
-            return StepOutput(loss_sum, weight, None, None)
-        if items >= 0:  # the model computed its own loss: its outputs' other entries are the predictions
-            logits = outputs_to_predictions(outputs, labels is not None, self._fast_ignore)
-        else:  # the forward ran without labels: every output but ignore_keys (the logits, usually alone)
-            logits = outputs_to_predictions(outputs, isinstance(outputs, dict), self._fast_ignore)
-        return StepOutput(loss_sum, weight, logits, self._batch_labels(batch) if has_labels else None)
-
-    def _compat_eval_step(self, model: torch.nn.Module, batch: Dict[str, Any]) -> StepOutput:
-        """transformers' route (an overridden compute_loss/prediction_step): each batch's mean loss weighted
-        by its number of examples, as transformers' evaluation_loop averages them."""
-        loss, logits, labels = self.prediction_step(model, batch, self._only_loss, ignore_keys=self._ignore_keys)
-        size = find_batch_size(batch) or 1
-        return StepOutput(None if loss is None else loss * size, size, logits, labels)
+        return predict.prediction_step(self, model, inputs, prediction_loss_only, ignore_keys)
 
     def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Optional[bool] = None,
                         ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
-        args = self.args
-        self._only_loss = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
-        self._ignore_keys = ignore_keys  # None: prediction_step picks the model's keys_to_ignore_at_inference
-        config = getattr(self.model, "config", None)
-        self._fast_ignore = list(ignore_keys if ignore_keys is not None else getattr(
-            config, "keys_to_ignore_at_inference", ["cache"]) if config is not None else [])
-        if not self.is_in_train and (args.bf16_full_eval or args.fp16_full_eval):
-            self.model.to(dtype=torch.bfloat16 if args.bf16_full_eval else torch.float16)
-        compat = self._custom_loss() or _overrides(self, "prediction_step")
-        if callable(getattr(self.optimizer, "eval", None)):  # schedule-free: evaluate the averaged weights
-            self.optimizer.eval()
-        self.callback_handler.eval_dataloader = dataloader
-        dataset = getattr(dataloader, "dataset", None)
-        dataset = getattr(dataset, "dataset", dataset)  # lmtrain's seeded wrapper
-        return evaluation_loop(
-            self.model, dataloader, device=self.rt.device,
-            step=self._compat_eval_step if compat else self._fast_eval_step,
-            prediction_loss_only=self._only_loss, eval_accumulation_steps=args.eval_accumulation_steps,
-            compute_metrics=self.compute_metrics, preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
-            bytes_per_token=getattr(dataset, "bytes_per_token", None), metric_key_prefix=metric_key_prefix,
-            on_batch=lambda: self._fire_event("on_prediction_step"), concat_batches=args.eval_do_concat_batches,
-            include_for_metrics=args.include_for_metrics, batch_eval_metrics=args.batch_eval_metrics,
-            nan_inf_filter=args.logging_nan_inf_filter,
-            main_input_name=getattr(self.model, "main_input_name", "input_ids"),
-            keep_predictions=description == "Prediction",
-        )
+        return predict.run_evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Optional[List[str]] = None,
                  metric_key_prefix: str = "eval") -> Dict[str, float]:
         """Loss (token-weighted), perplexity, bits per byte (when known) and compute_metrics, all prefixed."""
-        override = eval_dataset is not None
-        dataset = eval_dataset if override else self.eval_dataset
-        if isinstance(dataset, dict):
-            metrics: Dict[str, float] = {}
-            for name, ds in dataset.items():
-                metrics.update(self.evaluate(ds if override else name, ignore_keys, f"{metric_key_prefix}_{name}"))
-            return metrics
-        tracker = memory_tracker(self.args)
-        loader = self.get_eval_dataloader(dataset)
-        only_loss = True if self.compute_metrics is None else None  # nothing would read the predictions
-        metrics = self.evaluation_loop(loader, "Evaluation", only_loss, ignore_keys, metric_key_prefix).metrics
-        self.log(metrics)
-        self.control = self._fire("on_evaluate", metrics=metrics)
-        if tracker is not None:
-            tracker.stop_and_update_metrics(metrics)
-        return metrics
+        return predict.evaluate(self, eval_dataset, ignore_keys, metric_key_prefix)
 
     def predict(self, test_dataset: Any, ignore_keys: Optional[List[str]] = None,
                 metric_key_prefix: str = "test") -> PredictionOutput:
-        tracker = memory_tracker(self.args)
-        loader = self.get_test_dataloader(test_dataset)
-        out = self.evaluation_loop(loader, "Prediction", None, ignore_keys, metric_key_prefix)
-        self.control = self._fire("on_predict", metrics=out.metrics)
-        if tracker is not None:
-            tracker.stop_and_update_metrics(out.metrics)
-        return PredictionOutput(out.predictions, out.label_ids, out.metrics)
+        return predict.predict(self, test_dataset, ignore_keys, metric_key_prefix)
 
     def hyperparameter_search(self, hp_space: Optional[Callable] = None, compute_objective: Optional[Callable] = None,
                               n_trials: int = 20, direction: Any = "minimize", backend: Any = None,

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Optional, Set
 
 import torch
 
+from ..distributed import unwrap
 from ..errors import LmtrainError
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -20,11 +21,6 @@ PT_WEIGHTS = "pytorch_model.bin"
 SAFE_INDEX = "model.safetensors.index.json"
 PT_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE_WEIGHTS, PT_WEIGHTS, SAFE_INDEX, PT_INDEX, "adapter_model.safetensors", "adapter_model.bin")
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)  # DDP
-    return getattr(model, "_orig_mod", model)  # torch.compile
 
 
 def has_weights(ckpt_dir: str) -> bool:
@@ -38,7 +34,7 @@ def save_model_files(model: torch.nn.Module, out_dir: str, safe_serialization: b
 
     `state_dict` replaces the model's own (a full state dict gathered from FSDP shards).
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     if hasattr(model, "save_pretrained"):
         from transformers.utils import logging as hf_logging
 
@@ -135,7 +131,7 @@ def _shared_with_loaded(model: torch.nn.Module, loaded: Set[str]) -> Set[str]:
 
 def load_model_weights(model: torch.nn.Module, ckpt_dir: str) -> None:
     """Load a checkpoint's weights into `model`; tied weights may be absent from the file."""
-    model = _unwrap(model)
+    model = unwrap(model)
     adapter = os.path.join(ckpt_dir, "adapter_model.safetensors")
     if hasattr(model, "peft_config") and os.path.exists(adapter):  # LoRA: the checkpoint holds the adapters
         from peft import set_peft_model_state_dict

@@ -92,7 +92,7 @@ class LogWindow:
             rt.all_reduce_sum(loss)
             rt.all_reduce_sum(total)
         state.window_loss_sum = float(loss)
-        state.window_steps = self.steps
+        state.window_steps = self.steps - int(self.skipped)  # a resumed window averages over these alone
         state.window_tokens = self.tokens
         state.train_loss_sum = float(total)
         state.nonfinite_steps = self.skipped_before + int(self.skipped)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from ..distributed import unwrap
 from ..errors import DataError
 
 _SEED_MOD = 2**62
@@ -21,9 +22,7 @@ _SEED_MOD = 2**62
 
 def forward_columns(model: torch.nn.Module, label_names: Sequence[str]) -> List[str]:
     """Names the model's forward() accepts, plus label columns (as transformers keeps them)."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    params = list(inspect.signature(model.forward).parameters)
+    params = list(inspect.signature(unwrap(model).forward).parameters)
     return params + [n for n in ("label", "label_ids", *label_names) if n not in params]
 
 

@@ -1,4 +1,4 @@
-"""Tests for lmtrain.data.tokenize: BPE training and the token cache."""
+"""Tests for lmtrain.data.token_cache: tokenizing a corpus into a memory-mapped cache."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lmtrain.data.tokenize as tokmod
-from lmtrain.data.readers import iter_documents, sample_corpus_files
-from lmtrain.data.tokenize import TokenCache, build_token_cache, default_cache_root, train_bpe_tokenizer
-from lmtrain.errors import ConfigError, DataError
+import lmtrain.data.token_cache as tokmod
+import lmtrain.data.encoders as encoders
+from lmtrain.data.bpe import train_bpe_tokenizer
+from lmtrain.data.readers import PIECE_BOUNDARY, iter_documents, iter_text_pieces, sample_corpus_files
+from lmtrain.data.readers import text as text_reader
+from lmtrain.data.token_cache import TokenCache, build_token_cache, default_cache_root
+from lmtrain.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -35,40 +38,6 @@ def expected_ids(tokenizer, files) -> list[int]:
     for doc in iter_documents(files):
         ids += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return ids
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def test_tokenizer_special_tokens(tokenizer):
-    assert len(tokenizer) == 512
-    assert tokenizer.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<pad>", "<mask>"]
-    assert tokenizer.eos_token == tokenizer.bos_token == tokenizer.unk_token == "<|endoftext|>"
-    assert tokenizer.pad_token == "<pad>" and tokenizer.mask_token == "<mask>"
-
-
-def test_tokenizer_byte_level_round_trip(tokenizer):
-    text = "  Lo! here  the gentle lark\n\tweary of rest — ünïcödé 漢字 🙂"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert tokenizer.decode(ids) == text
-    # no prefix space: a leading word is not given one
-    assert tokenizer.decode(tokenizer("Lo")["input_ids"]) == "Lo"
-
-
-def test_tokenizer_save_reload(tokenizer, tmp_path):
-    from transformers import AutoTokenizer
-
-    tokenizer.save_pretrained(tmp_path / "tok")
-    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    text = next(iter(iter_documents(sample_corpus_files())))[:3000]
-    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
-    assert (again.eos_token, again.pad_token, again.mask_token) == ("<|endoftext|>", "<pad>", "<mask>")
-    assert len(again) == len(tokenizer)
-
-
-def test_tokenizer_vocab_too_small():
-    with pytest.raises(ConfigError, match="vocab_size 100 is too small"):
-        train_bpe_tokenizer(sample_corpus_files(), vocab_size=100)
 
 
 # --------------------------------------------------------------------------- cache
@@ -208,14 +177,14 @@ def test_default_cache_dir_used(tokenizer, corpus, tmp_path, monkeypatch):
 
 
 def test_token_id_outside_vocab(tokenizer, corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(tokmod, "_encoder", lambda tok: lambda texts: [[600] for _ in texts])
+    monkeypatch.setattr(tokmod, "best_encoder", lambda tok: lambda texts: [[600] for _ in texts])
     with pytest.raises(DataError, match="token id 600, outside its vocabulary of 512"):
         build_token_cache(corpus, tokenizer, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_no_tokens(tokenizer, corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(tokmod, "_encoder", lambda tok: lambda texts: [[] for _ in texts])
+    monkeypatch.setattr(tokmod, "best_encoder", lambda tok: lambda texts: [[] for _ in texts])
     with pytest.raises(DataError, match="produced no tokens"):
         build_token_cache(corpus, tokenizer, cache_dir=tmp_path, append_eos=False)
 
@@ -240,23 +209,14 @@ def test_missing_input_file(tokenizer, tmp_path):
         build_token_cache([tmp_path / "nope.txt"], tokenizer, cache_dir=tmp_path)
 
 
-def test_split_document_pieces_rejoin():
-    doc = ("line of text\n" * 20_000) + "  indented\n\n" + "tail"
-    pieces = tokmod._split_document(doc)
-    assert "".join(pieces) == doc and len(pieces) > 1
-    # each cut is just before a single space/newline between non-space characters
-    assert all(len(p) >= tokmod._PIECE_CHARS and not p[-1].isspace() for p in pieces[:-1])
-    assert all(p[0] in " \n" and not p[1].isspace() for p in pieces[1:])
-
-
 # --------------------------------------------------------------------------- chunked .txt reading
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Tiny read chunks and pieces, so a small file exercises the chunked reader."""
-    monkeypatch.setattr(tokmod, "_READ_BYTES", 1000)
-    monkeypatch.setattr(tokmod, "_PIECE_CHARS", 300)
+    monkeypatch.setattr(text_reader, "_CHUNK", 1000)
+    monkeypatch.setattr(text_reader, "PIECE_CHARS", 300)
     monkeypatch.setattr(tokmod, "_BATCH_CHARS", 2000)
 
 
@@ -273,7 +233,7 @@ def test_txt_read_in_chunks_gives_whole_document_ids(tokenizer, tmp_path, small_
     text = "\ufeff" + text.replace("\n", "\r\n", 40) + "  tail\n\n  \n" + "x" * 2500 + " end é漢🙂\n"
     path = tmp_path / "big.txt"
     path.write_text(text, encoding="utf-8")
-    pieces = list(tokmod._txt_pieces(path, False, "strict", lambda n: None))
+    pieces = list(iter_text_pieces(path, "strict"))
     assert "".join(pieces) == text[1:]  # the BOM is dropped, as the reader does
     assert len(pieces) > 10 and max(map(len, pieces)) < 4000  # bounded, whatever the file size
     cache = build_token_cache([path], tokenizer, cache_dir=tmp_path / "c")
@@ -320,10 +280,10 @@ def test_piece_boundaries_are_exact(tokenizer):
 
     rng = random.Random(0)
     alphabet = ["a", "bc", " ", "  ", "\n", "\n\n", "\t", "\r\n", "1", ".", "'s", "'", "é", " \n", "\x1c"]
-    encode = tokmod._hf_encoder(tokenizer)
+    encode = encoders.hf_encoder(tokenizer)
     for _ in range(200):
         text = "".join(rng.choice(alphabet) for _ in range(40))
-        cuts = [m.start() for m in tokmod._CUT.finditer(text)]
+        cuts = [m.start() for m in PIECE_BOUNDARY.finditer(text)]
         pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
         assert encode([text])[0] == [i for p in encode(pieces) for i in p], repr(text)
 

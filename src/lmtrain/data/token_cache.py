@@ -1,110 +1,57 @@
-"""Train a byte-level BPE tokenizer and turn a corpus into a cached token stream.
+"""Turn a corpus into a cached token stream.
 
 The cache is a directory holding ``tokens.bin`` (raw uint16/uint32 ids, read
 back as a memory map), ``doc_offsets.npy`` and ``meta.json``. It is named by a
 fingerprint of the inputs, built in a temporary sibling directory and renamed
 into place only when complete, so an interrupted build is never mistaken for a
 finished one.
+Files are read through :mod:`lmtrain.data.readers`; big ``.txt`` files are
+streamed in pieces (:func:`~lmtrain.data.readers.iter_text_pieces`) so memory
+stays flat however large the corpus is.
 """
 
 from __future__ import annotations
 
-import codecs
-import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
-import zlib
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from lmtrain.data.readers import check_encoding_errors, iter_documents
-from lmtrain.errors import ConfigError, DataError
+from lmtrain.data.encoders import best_encoder, encoder_name, splitting_is_exact
+from lmtrain.data.readers import (
+    check_encoding_errors,
+    is_text_file,
+    iter_documents,
+    iter_text_pieces,
+    split_pieces,
+)
+from lmtrain.data.readers import text as _text
+from lmtrain.errors import DataError
 
-if TYPE_CHECKING:  # transformers is slow to import; only needed when training a tokenizer
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+if TYPE_CHECKING:  # transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "PIPELINE_VERSION",
-    "SPECIAL_TOKENS",
     "TokenCache",
     "build_token_cache",
     "default_cache_root",
-    "train_bpe_tokenizer",
 ]
 
 # Bump when the on-disk format or tokenization logic changes: old caches are then ignored.
 PIPELINE_VERSION = "1"
-EOS_TOKEN, PAD_TOKEN, MASK_TOKEN = "<|endoftext|>", "<pad>", "<mask>"
-SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, MASK_TOKEN]
 
-_PIECE_CHARS = 1 << 16  # long documents are encoded in pieces of about this size ...
-_BATCH_CHARS = 1 << 20  # ... and pieces are sent to the tokenizer in batches of about this size
-_READ_BYTES = 1 << 20  # .txt files are read (and decoded) this many bytes at a time
+# Long documents are encoded in pieces (see lmtrain.data.readers.text.PIECE_CHARS) and the
+# pieces are sent to the tokenizer in batches of about this many characters.
+_BATCH_CHARS = 1 << 20
 _TOKENS_FILE, _OFFSETS_FILE, _META_FILE = "tokens.bin", "doc_offsets.npy", "meta.json"
-
-
-# --------------------------------------------------------------------------- tokenizer training
-
-
-def _training_texts(docs: Iterator[str]) -> Iterator[str]:
-    # The trainer parallelises over items; whole-book documents would use one core.
-    for doc in docs:
-        if len(doc) <= _PIECE_CHARS:
-            yield doc
-        else:
-            yield from _split_document(doc)
-
-
-def train_bpe_tokenizer(
-    files: Sequence[Path],
-    vocab_size: int = 8192,
-    text_column: str = "text",
-    encoding_errors: str = "strict",
-) -> "PreTrainedTokenizerFast":
-    """Train a GPT-2 style byte-level BPE on ``files`` and wrap it for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
-        raise ConfigError(
-            f"vocab_size {vocab_size} is too small for a byte-level BPE "
-            f"(it needs {len(alphabet) + len(SPECIAL_TOKENS)} base tokens); pass --vocab_size 512 or more"
-        )
-    check_encoding_errors(encoding_errors)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,  # ids 0, 1, 2
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-    docs = iter_documents(files, text_column=text_column, encoding_errors=encoding_errors)
-    tok.train_from_iterator(_training_texts(docs), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS_TOKEN,
-        bos_token=EOS_TOKEN,
-        unk_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        mask_token=MASK_TOKEN,
-        # decode(encode(text)) must give back text exactly
-        clean_up_tokenization_spaces=False,
-    )
-
-
-# --------------------------------------------------------------------------- token cache
 
 
 @dataclass
@@ -191,97 +138,6 @@ def _separator_id(tokenizer: Any) -> int:
         "the tokenizer has no eos_token (or sep_token) to put between documents; "
         "use a tokenizer that defines one"
     )
-
-
-def _hf_encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
-    """The tokenizer's own batch encoder (``tokenizers`` spreads a batch over every core)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
-    from tokenizers import Tokenizer
-
-    # A private copy, so turning off truncation/padding does not touch the caller's.
-    tok = Tokenizer.from_str(backend.to_str())
-    tok.no_truncation()
-    tok.no_padding()
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: skips offsets
-    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
-
-
-def _encoder(tokenizer: Any) -> Callable[[list[str]], list[list[int]]]:
-    """A function mapping a batch of texts to id lists, without special tokens.
-
-    The fastest exact encoder available: for byte-level BPE tokenizers a
-    tiktoken encoder checked to give the tokenizer's own ids (see
-    :mod:`lmtrain.data.fast_bpe`; ``LMTRAIN_NO_FAST_BPE=1`` turns it off),
-    otherwise the tokenizer's batch encoder. Either way the ids are the same,
-    so the cache fingerprint does not depend on which one ran.
-    """
-    from lmtrain.data.fast_bpe import make_fast_encoder
-
-    fast = make_fast_encoder(tokenizer)
-    if fast is not None:
-        return fast
-    return _hf_encoder(tokenizer)
-
-
-def _encoder_name(encode: Callable[..., Any]) -> str:
-    from lmtrain.data.fast_bpe import FastBPEEncoder
-
-    return "tiktoken" if isinstance(encode, FastBPEEncoder) else "tokenizers"
-
-
-# A piece boundary: just before a single space or newline between two non-space
-# characters. For GPT-2 style pre-tokenizers (and most others) such a point
-# always starts a new pre-token whatever follows, and the pre-token before it
-# ends there whatever precedes, so encoding the pieces separately gives the ids
-# of the whole text. (A newline after other whitespace is not such a point:
-# "\n\n" + "X" pre-tokenizes as "\n", "\n", "X" but "\n\n" at the end of a piece
-# as one pre-token.) Python's \s covers every character the tokenizers' regexes
-# treat as whitespace.
-_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
-
-
-def _split_document(doc: str) -> list[str]:
-    """Cut ``doc`` at piece boundaries (see ``_CUT``), about every _PIECE_CHARS."""
-    pieces, start, n = [], 0, len(doc)
-    while n - start > _PIECE_CHARS:
-        m = _CUT.search(doc, start + _PIECE_CHARS)
-        if m is None:
-            break
-        pieces.append(doc[start : m.start()])
-        start = m.start()
-    pieces.append(doc[start:])
-    return pieces
-
-
-_PROBE = (
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n"
-    "x = 1\t# tab\n'Tis 42 o'clock, naïve café — ünïcödé 漢字.\r\nEnd\n\n\nTHE END\n"
-    "it's 'tis don't 12 345 6.7 -- ... (a) [b] {c} a\nb 1\n2 .\n. 'll\n's x \n y\t\nz "
-    "<|endoftext|> a<|endoftext|>b <pad>\n<mask> 日本 語 🙂 🙂\n🙂 e\u0301 f\u00a0g h\u3000i ¿qué?\n"
-)
-
-
-def _splitting_is_exact(encode: Callable[[list[str]], list[list[int]]], tokenizer: Any = None) -> bool:
-    """Check on a probe text that this tokenizer gives the same ids piecewise."""
-    added = _added_token_texts(tokenizer)
-    if any(_CUT.search(f"x{t}x") or "\n" in t or " " in t for t in added):
-        return False  # an added token could span a piece boundary
-    cuts = [m.start() for m in _CUT.finditer(_PROBE)]
-    pieces = [_PROBE[a:b] for a, b in zip([0] + cuts, cuts + [len(_PROBE)])]
-    whole = encode([_PROBE])[0]
-    return list(whole) == [i for ids in encode(pieces) for i in ids]
-
-
-def _added_token_texts(tokenizer: Any) -> list[str]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    try:
-        if backend is not None:
-            return [str(t.content) for t in backend.get_added_tokens_decoder().values()]
-        return list(tokenizer.get_added_vocab())
-    except Exception:
-        return []
 
 
 def build_token_cache(
@@ -393,58 +249,6 @@ class _Progress:
             self.bar.close()
 
 
-def _streamable_txt(path: Path) -> str | None:
-    """'txt' / 'gz' for plain-text files this module reads itself in chunks, else None."""
-    name = path.name.lower()
-    if name.endswith(".txt"):
-        return "txt"
-    if name.endswith(".txt.gz"):
-        return "gz"
-    return None
-
-
-def _reader_error(path: Path, text_column: str, encoding_errors: str, cause: BaseException | None) -> BaseException:
-    """The reader's own error for a file the chunked reader could not read."""
-    try:
-        for _ in iter_documents([path], text_column=text_column, encoding_errors=encoding_errors):
-            pass
-    except DataError as e:
-        return e
-    return cause if cause is not None else DataError(f"{path} could not be read")
-
-
-def _txt_pieces(
-    path: Path, compressed: bool, errors: str, on_read: Callable[[int], None]
-) -> Iterator[str]:
-    """One .txt file's text (one document), read in bounded chunks and cut into
-    pieces at boundaries where encoding separately is exact (see ``_CUT``)."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors)  # as the reader decodes
-    buf = ""
-    scanned = 0  # no boundary starts in buf[:scanned]
-    with open(path, "rb") as raw:
-        src: Any = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
-        while True:
-            chunk = src.read(_READ_BYTES)
-            on_read(raw.tell())
-            buf += decoder.decode(chunk, final=not chunk)
-            if not chunk:
-                break
-            pos = 0
-            while len(buf) - pos > _PIECE_CHARS:
-                m = _CUT.search(buf, max(pos + _PIECE_CHARS, scanned))
-                if m is None:
-                    # The last character may yet become a boundary; the rest cannot.
-                    scanned = max(len(buf) - 1, scanned)
-                    break
-                yield buf[pos : m.start()]
-                pos = m.start()
-            if pos:
-                buf = buf[pos:]
-                scanned = max(scanned - pos, 0)
-    if buf:
-        yield from _split_document(buf)
-
-
 def _write_cache(
     out: Path,
     files: Sequence[Path],
@@ -457,15 +261,15 @@ def _write_cache(
     progress: bool | None = None,
 ) -> None:
     dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-    encode = _encoder(tokenizer)
-    can_split = _splitting_is_exact(encode, tokenizer)
+    encode = best_encoder(tokenizer)
+    can_split = splitting_is_exact(encode, tokenizer)
     offsets = array("q", [0])
     num_tokens = num_bytes = 0
     batch: list[str] = []
     ends: list[bool] = []  # ends[i]: batch[i] is the last piece of its document
     batch_chars = 0
     # Enough pieces per batch to keep every core busy; memory stays bounded by the batch.
-    batch_limit = max(_BATCH_CHARS, 4 * (os.cpu_count() or 1) * _PIECE_CHARS)
+    batch_limit = max(_BATCH_CHARS, 4 * (os.cpu_count() or 1) * _text.PIECE_CHARS)
     # Arrays straight from the fast encoder (uint32); lists converted piece by piece otherwise.
     fast = hasattr(encode, "encode_arrays")
     encode_arrays = encode.encode_arrays if fast else (
@@ -529,13 +333,12 @@ def _write_cache(
         with open(out / _TOKENS_FILE, "wb") as fh:
             for f in files:
                 size = os.stat(f).st_size
-                kind = _streamable_txt(f) if can_split else None
-                if kind is not None:
-                    _add_txt(f, kind, text_column, encoding_errors, add, lambda n: bar.to(read_before + n))
+                if can_split and is_text_file(f):  # one document, streamed in pieces
+                    add(iter_text_pieces(f, encoding_errors, on_read=lambda n: bar.to(read_before + n)))
                 else:
                     seen = 0
                     for doc in iter_documents([f], text_column=text_column, encoding_errors=encoding_errors):
-                        add(iter(_split_document(doc) if can_split and len(doc) > _PIECE_CHARS else [doc]))
+                        add(iter(split_pieces(doc) if can_split else [doc]))
                         seen += len(doc)  # characters: an estimate of the bytes read
                         bar.to(read_before + min(seen, size))
                 read_before += size
@@ -563,37 +366,8 @@ def _write_cache(
         "fingerprint": fingerprint,
         "pipeline_version": PIPELINE_VERSION,
         "files": [str(Path(f).resolve()) for f in files],
-        "encoder": _encoder_name(encode),  # informational: both encoders give the same ids
+        "encoder": encoder_name(encode),  # informational: both encoders give the same ids
         "complete": True,
     }
     # meta.json is written last: its presence marks the directory complete.
     (out / _META_FILE).write_text(json.dumps(meta, indent=1))
-
-
-def _add_txt(
-    path: Path,
-    kind: str,
-    text_column: str,
-    encoding_errors: str,
-    add: Callable[[Iterator[str]], None],
-    on_read: Callable[[int], None],
-) -> None:
-    """Queue a .txt file (one document) read in chunks; errors are the reader's."""
-    compressed = kind == "gz"
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if os.stat(path).st_size == 0 or (magic == b"\x1f\x8b") != compressed:
-        raise _reader_error(path, text_column, encoding_errors, None)  # empty, or gzip mislabelled
-    pieces = _txt_pieces(path, compressed, encoding_errors, on_read)
-    try:
-        first = next(pieces, None)
-        if first is None:  # e.g. only a byte-order mark
-            raise _reader_error(path, text_column, encoding_errors, None)
-        add(_chain_first(first, pieces))
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise _reader_error(path, text_column, encoding_errors, e) from None
-
-
-def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
