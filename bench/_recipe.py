@@ -11,8 +11,7 @@ def make_group_texts(block_size: int):
         total_length = len(concatenated[list(examples.keys())[0]])
         total_length = (total_length // block_size) * block_size
         result = {
-            k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
-            for k, t in concatenated.items()
+            k: [t[i : i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()
         }
         result["labels"] = result["input_ids"].copy()
         return result

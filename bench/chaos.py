@@ -49,8 +49,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=20, help="lineages to kill and resume")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments (training uses --train_seed)")
     p.add_argument("--jobs", type=int, default=1, help="lineages run at the same time (timings are cleaner at 1)")
-    p.add_argument("--save_bias", type=float, default=0.5,
-                   help="fraction of lineages whose kill waits for a save to start, then lands 0-60 ms into it")
+    p.add_argument(
+        "--save_bias",
+        type=float,
+        default=0.5,
+        help="fraction of lineages whose kill waits for a save to start, then lands 0-60 ms into it",
+    )
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each lmtrain process")
     p.add_argument("--max_steps", type=int, default=10)
     p.add_argument("--save_steps", type=int, default=1)
@@ -80,8 +84,15 @@ def loss_curve(records: List[dict]) -> Dict[int, float]:
 
 
 def saves_in_progress(out: Path, pid: int) -> List[str]:
-    return [p.name for p in out.iterdir() if p.name.endswith(f"-{pid}")
-            and (p.name.startswith(".checkpoint-") or ".old-" in p.name)] if out.is_dir() else []
+    return (
+        [
+            p.name
+            for p in out.iterdir()
+            if p.name.endswith(f"-{pid}") and (p.name.startswith(".checkpoint-") or ".old-" in p.name)
+        ]
+        if out.is_dir()
+        else []
+    )
 
 
 def check_checkpoint(path: Optional[str]) -> Optional[str]:
@@ -92,8 +103,16 @@ def check_checkpoint(path: Optional[str]) -> Optional[str]:
     from safetensors.torch import load_file
 
     p = Path(path)
-    need = ["COMPLETE", "config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
-            "trainer_state.json", "training_args.json"]
+    need = [
+        "COMPLETE",
+        "config.json",
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "training_args.json",
+    ]
     missing = [n for n in need if not (p / n).is_file()]
     if missing:
         return f"{p.name} lacks {missing}"
@@ -126,9 +145,15 @@ def weights_equal(a: Path, b: Path) -> bool:
 class Bench:
     def __init__(self, a: argparse.Namespace, work: Path) -> None:
         self.a, self.work = a, work
-        self.env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                        OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
-                        TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            OMP_NUM_THREADS=str(a.threads),
+            MKL_NUM_THREADS=str(a.threads),
+            TOKENIZERS_PARALLELISM="false",
+            TRANSFORMERS_VERBOSITY="error",
+            HF_HUB_OFFLINE="1",
+        )
         self.lock = threading.Lock()
 
     def prepare(self) -> None:
@@ -142,20 +167,57 @@ class Bench:
 
     def argv(self, out: Path) -> List[str]:
         a = self.a
-        return [sys.executable, "-m", "lmtrain", "train", "--train_file", str(self.work / "train.txt"),
-                "--tokenizer_name", str(self.work / "tokenizer"), "--cache_dir", str(self.work / "cache"),
-                "--output_dir", str(out), "--config_overrides", a.model, "--block_size", "64",
-                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
-                "--max_steps", str(a.max_steps), "--logging_steps", "1", "--save_strategy", "steps",
-                "--save_steps", str(a.save_steps), "--save_total_limit", "2", "--validation_split_percentage", "0",
-                "--eval_strategy", "no", "--dataloader_num_workers", str(a.workers), "--seed", str(a.train_seed),
-                "--report_to", "none", "--disable_tqdm", "true"]
+        return [
+            sys.executable,
+            "-m",
+            "lmtrain",
+            "train",
+            "--train_file",
+            str(self.work / "train.txt"),
+            "--tokenizer_name",
+            str(self.work / "tokenizer"),
+            "--cache_dir",
+            str(self.work / "cache"),
+            "--output_dir",
+            str(out),
+            "--config_overrides",
+            a.model,
+            "--block_size",
+            "64",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "2",
+            "--max_steps",
+            str(a.max_steps),
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            str(a.save_steps),
+            "--save_total_limit",
+            "2",
+            "--validation_split_percentage",
+            "0",
+            "--eval_strategy",
+            "no",
+            "--dataloader_num_workers",
+            str(a.workers),
+            "--seed",
+            str(a.train_seed),
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
 
     def start(self, argv: List[str], log: Path):
         with open(log, "ab") as f:
             t0 = time.time()
-            proc = subprocess.Popen(argv, env=self.env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.work)
+            proc = subprocess.Popen(
+                argv, env=self.env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.work
+            )
         return proc, t0
 
     def reference(self) -> None:
@@ -225,18 +287,23 @@ class Bench:
             diff = [s for s in sorted(set(curve) | set(self.ref_curve)) if curve.get(s) != self.ref_curve.get(s)]
             r["curve_differs_at"] = diff
         r["weights_equal"] = code == 0 and weights_equal(out, self.ref_out)
-        r["usable"] = (r["checkpoint_problem"] is None and code == 0 and r["resumed_from_latest"]
-                       and r["curve_exact"])
+        r["usable"] = r["checkpoint_problem"] is None and code == 0 and r["resumed_from_latest"] and r["curve_exact"]
         if not self.a.keep:
             shutil.rmtree(out, ignore_errors=True)
         with self.lock:
-            how = "not killed (it finished first)" if not r["killed"] else \
-                f"killed {'inside a save' if r['inside_save'] else 'between saves'}"
-            print(f"  run {i:2d}: {how} "
-                  f"after step {r['killed_after_step']:2d} (latest {r['latest']}); resume exit {code}; "
-                  f"curve {'exact' if r['curve_exact'] else 'DIFFERS at ' + str(r.get('curve_differs_at'))}; "
-                  f"first step {r['fresh_first_step_s']}s fresh, {r['resume_first_step_s']}s resumed"
-                  + (f"; {r['checkpoint_problem']}" if r["checkpoint_problem"] else ""), flush=True)
+            how = (
+                "not killed (it finished first)"
+                if not r["killed"]
+                else f"killed {'inside a save' if r['inside_save'] else 'between saves'}"
+            )
+            print(
+                f"  run {i:2d}: {how} "
+                f"after step {r['killed_after_step']:2d} (latest {r['latest']}); resume exit {code}; "
+                f"curve {'exact' if r['curve_exact'] else 'DIFFERS at ' + str(r.get('curve_differs_at'))}; "
+                f"first step {r['fresh_first_step_s']}s fresh, {r['resume_first_step_s']}s resumed"
+                + (f"; {r['checkpoint_problem']}" if r["checkpoint_problem"] else ""),
+                flush=True,
+            )
         return r
 
 
@@ -253,8 +320,11 @@ def main() -> int:
     started = time.perf_counter()
     bench.prepare()
     bench.reference()
-    print(f"reference: {a.max_steps} steps, a checkpoint every {a.save_steps}, {bench.span:.1f}s from the first "
-          f"to the last step; {a.runs} lineages, {a.jobs} at a time, in {work}", flush=True)
+    print(
+        f"reference: {a.max_steps} steps, a checkpoint every {a.save_steps}, {bench.span:.1f}s from the first "
+        f"to the last step; {a.runs} lineages, {a.jobs} at a time, in {work}",
+        flush=True,
+    )
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         results = list(pool.map(bench.lineage, range(1, a.runs + 1)))
 
@@ -266,11 +336,15 @@ def main() -> int:
     resumed = median([r["resume_first_step_s"] for r in results])
     ratio = resumed / fresh if fresh and resumed else None
     figures = {
-        "runs": n, "killed_by_sigkill": killed, "killed_inside_a_save": sum(r["inside_save"] for r in results),
+        "runs": n,
+        "killed_by_sigkill": killed,
+        "killed_inside_a_save": sum(r["inside_save"] for r in results),
         "broken_checkpoints": sum(r["checkpoint_problem"] is not None for r in results),
-        "unusable_checkpoints": unusable, "exact_loss_curves": exact,
+        "unusable_checkpoints": unusable,
+        "exact_loss_curves": exact,
         "final_weights_equal": sum(r["weights_equal"] for r in results),
-        "first_step_fresh_median_s": fresh, "first_step_resume_median_s": resumed,
+        "first_step_fresh_median_s": fresh,
+        "first_step_resume_median_s": resumed,
         "resume_over_fresh": round(ratio, 3) if ratio else None,
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -287,8 +361,10 @@ def main() -> int:
     print(f"| start -> first step, fresh start (median) | {fresh:.2f} s | |" if fresh else "| fresh | n/a | |")
     print(f"| start -> first step, resume (median) | {resumed:.2f} s | |" if resumed else "| resume | n/a | |")
     print(f"| resume / fresh | {ratio:.2f}x | <= 1.2x |" if ratio else "| resume / fresh | n/a | <= 1.2x |")
-    print(f"\n{a.runs} lineages in {figures['wall_s']:.0f}s; {a.model}, {a.max_steps} steps, save every "
-          f"{a.save_steps}, {a.jobs} at a time, OMP_NUM_THREADS={a.threads}")
+    print(
+        f"\n{a.runs} lineages in {figures['wall_s']:.0f}s; {a.model}, {a.max_steps} steps, save every "
+        f"{a.save_steps}, {a.jobs} at a time, OMP_NUM_THREADS={a.threads}"
+    )
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"figures": figures, "args": vars(a), "runs": results}, f, indent=2)

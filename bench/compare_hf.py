@@ -46,8 +46,12 @@ def parse_args(argv=None):
     p.add_argument("--train_file", default=os.path.join(corpus, "train.txt"))
     p.add_argument("--validation_file", default=None, help="default: valid.txt next to --train_file")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 10 on CPU, 200 on CUDA)")
-    p.add_argument("--warmup_steps_excluded", type=int, default=3,
-                   help="steps excluded from the steady-state train tok/s (default 3)")
+    p.add_argument(
+        "--warmup_steps_excluded",
+        type=int,
+        default=3,
+        help="steps excluded from the steady-state train tok/s (default 3)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (trainers: bf16=True; bare: autocast)")
@@ -59,11 +63,19 @@ def parse_args(argv=None):
     p.add_argument("--vocab_size", type=int, default=8192, help="BPE vocabulary trained on --train_file")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--optim", default="adamw_torch_fused", choices=["adamw_torch_fused", "adamw_torch"],
-                   help="the same AdamW kernel for all three (bare loop: fused=True / foreach=True)")
+    p.add_argument(
+        "--optim",
+        default="adamw_torch_fused",
+        choices=["adamw_torch_fused", "adamw_torch"],
+        help="the same AdamW kernel for all three (bare loop: fused=True / foreach=True)",
+    )
     p.add_argument("--logging_steps", type=int, default=10)
-    p.add_argument("--eval_blocks", type=int, default=None,
-                   help="validation blocks to evaluate (0 = all; default 64 on CPU, all on CUDA)")
+    p.add_argument(
+        "--eval_blocks",
+        type=int,
+        default=None,
+        help="validation blocks to evaluate (0 = all; default 64 on CPU, all on CUDA)",
+    )
     p.add_argument("--only", default=",".join(RUNNERS), help="comma list of runners (lmtrain,hf,bare)")
     p.add_argument("--tokenizer_dir", default=None, help="use this saved tokenizer instead of training one")
     p.add_argument("--json", default=None, help="write raw per-run results and medians here")
@@ -129,9 +141,17 @@ def _model(args, vocab_size, tok, device):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=vocab_size, n_positions=args.block_size, n_embd=args.n_embd, n_layer=args.n_layer,
-        n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=vocab_size,
+        n_positions=args.block_size,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(args.seed)
     return GPT2LMHeadModel(config)
@@ -139,11 +159,26 @@ def _model(args, vocab_size, tok, device):
 
 def _trainer_kwargs(args, output_dir, device):
     kw = dict(
-        output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, logging_steps=args.logging_steps, save_strategy="no",
-        report_to="none", dataloader_drop_last=True, disable_tqdm=True, eval_strategy="no",
-        learning_rate=args.lr, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        max_grad_norm=1.0, lr_scheduler_type="linear", warmup_steps=0, seed=args.seed, optim=args.optim,
+        output_dir=output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        logging_steps=args.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        dataloader_drop_last=True,
+        disable_tqdm=True,
+        eval_strategy="no",
+        learning_rate=args.lr,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        seed=args.seed,
+        optim=args.optim,
     )
     if args.bf16:
         kw["bf16"] = True
@@ -179,10 +214,10 @@ def _peak_rss_mb():
 
 
 def run_lmtrain(args, clock, device, workdir):
-    import torch
+    from transformers import AutoTokenizer
+
     import lmtrain
     from lmtrain.data.pack import prepare_datasets
-    from transformers import AutoTokenizer
 
     Trainer, TrainingArguments = lmtrain.Trainer, lmtrain.TrainingArguments
     collator, base_cb = lmtrain.default_data_collator, lmtrain.TrainerCallback
@@ -192,8 +227,11 @@ def run_lmtrain(args, clock, device, workdir):
     clock.mark("tokenizer")
     cache_dir = os.path.join(workdir, "lmtrain_cache")
     train_ds, eval_ds, info = prepare_datasets(
-        train_files=[args.train_file], tokenizer=tok, block_size=args.block_size,
-        validation_files=[args.validation_file], cache_dir=cache_dir,
+        train_files=[args.train_file],
+        tokenizer=tok,
+        block_size=args.block_size,
+        validation_files=[args.validation_file],
+        cache_dir=cache_dir,
     )
     clock.mark("prepared")
     if args.eval_blocks and eval_ds is not None and len(eval_ds) > args.eval_blocks:
@@ -202,8 +240,12 @@ def run_lmtrain(args, clock, device, workdir):
     model = _model(args, len(tok), tok, device)
     timer = _step_timer_class(base_cb, device, args.warmup_steps_excluded, args.steps)()
     trainer = Trainer(
-        model, args=TrainingArguments(**_trainer_kwargs(args, os.path.join(workdir, "out"), device)),
-        train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator, callbacks=[timer],
+        model,
+        args=TrainingArguments(**_trainer_kwargs(args, os.path.join(workdir, "out"), device)),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        callbacks=[timer],
     )
     out = trainer.train()
     clock.mark("trained")
@@ -213,16 +255,23 @@ def run_lmtrain(args, clock, device, workdir):
     _sync(device)
     clock.mark("eval_end")
     res = dict(
-        train_blocks=len(train_ds), eval_blocks=len(eval_ds), train_loss_avg=float(out.training_loss),
-        final_train_loss=_loss_at(trainer.state.log_history, _loss_step(args)), eval_loss=metrics.get("eval_loss"),
-        step_times=timer.times, info={k: v for k, v in info.items() if k != "cache_dirs"},
+        train_blocks=len(train_ds),
+        eval_blocks=len(eval_ds),
+        train_loss_avg=float(out.training_loss),
+        final_train_loss=_loss_at(trainer.state.log_history, _loss_step(args)),
+        eval_loss=metrics.get("eval_loss"),
+        step_times=timer.times,
+        info={k: v for k, v in info.items() if k != "cache_dirs"},
     )
     res.update(_finish(clock, device))
     # Warm re-preparation: same cache dir, now filled.
     t = time.perf_counter()
     prepare_datasets(
-        train_files=[args.train_file], tokenizer=tok, block_size=args.block_size,
-        validation_files=[args.validation_file], cache_dir=cache_dir,
+        train_files=[args.train_file],
+        tokenizer=tok,
+        block_size=args.block_size,
+        validation_files=[args.validation_file],
+        cache_dir=cache_dir,
     )
     res["prep_warm"] = time.perf_counter() - t
     return res
@@ -231,9 +280,15 @@ def run_lmtrain(args, clock, device, workdir):
 def _head_blocks(ds, n):
     """The first n blocks of an lmtrain BlockDataset, as a BlockDataset (keeps its fast batch reads)."""
     if hasattr(ds, "block_indices") and hasattr(ds, "tokens"):
-        return type(ds)(ds.tokens, ds.block_size, block_indices=ds.block_indices[:n], mlm=ds.mlm,
-                        cls_token_id=ds.cls_token_id, sep_token_id=ds.sep_token_id,
-                        bytes_per_token=ds.bytes_per_token)
+        return type(ds)(
+            ds.tokens,
+            ds.block_size,
+            block_indices=ds.block_indices[:n],
+            mlm=ds.mlm,
+            cls_token_id=ds.cls_token_id,
+            sep_token_id=ds.sep_token_id,
+            bytes_per_token=ds.bytes_per_token,
+        )
     import torch
 
     return torch.utils.data.Subset(ds, range(n))
@@ -244,15 +299,16 @@ def _hf_prepare(args, tok, cache_dir):
     from datasets import load_dataset
 
     raw = load_dataset(
-        "text", data_files={"train": args.train_file, "validation": args.validation_file},
-        cache_dir=cache_dir, keep_linebreaks=True,  # run_clm.py's default
+        "text",
+        data_files={"train": args.train_file, "validation": args.validation_file},
+        cache_dir=cache_dir,
+        keep_linebreaks=True,  # run_clm.py's default
     )
 
     def tokenize_function(examples):
         return tok(examples["text"])
 
-    tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"],
-                        desc="Running tokenizer on dataset")
+    tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"], desc="Running tokenizer on dataset")
     block_size = args.block_size
 
     from _recipe import make_group_texts  # bench/ is on sys.path when the script runs
@@ -263,10 +319,8 @@ def _hf_prepare(args, tok, cache_dir):
 
 
 def run_hf(args, clock, device, workdir):
-    import torch
     from datasets import load_dataset  # noqa: F401  (part of the run's imports)
-    from transformers import (AutoTokenizer, Trainer, TrainerCallback, TrainingArguments,
-                              default_data_collator)
+    from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
     clock.mark("imported")
     tok = AutoTokenizer.from_pretrained(args.tokenizer_dir)
@@ -281,8 +335,12 @@ def run_hf(args, clock, device, workdir):
     model = _model(args, len(tok), tok, device)
     timer = _step_timer_class(TrainerCallback, device, args.warmup_steps_excluded, args.steps)()
     trainer = Trainer(
-        model=model, args=TrainingArguments(**_trainer_kwargs(args, os.path.join(workdir, "out"), device)),
-        train_dataset=train_ds, eval_dataset=eval_ds, data_collator=default_data_collator, callbacks=[timer],
+        model=model,
+        args=TrainingArguments(**_trainer_kwargs(args, os.path.join(workdir, "out"), device)),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=default_data_collator,
+        callbacks=[timer],
     )
     out = trainer.train()
     clock.mark("trained")
@@ -292,8 +350,11 @@ def run_hf(args, clock, device, workdir):
     _sync(device)
     clock.mark("eval_end")
     res = dict(
-        train_blocks=len(train_ds), eval_blocks=len(eval_ds), train_loss_avg=float(out.training_loss),
-        final_train_loss=_loss_at(trainer.state.log_history, _loss_step(args)), eval_loss=metrics.get("eval_loss"),
+        train_blocks=len(train_ds),
+        eval_blocks=len(eval_ds),
+        train_loss_avg=float(out.training_loss),
+        final_train_loss=_loss_at(trainer.state.log_history, _loss_step(args)),
+        eval_loss=metrics.get("eval_loss"),
         step_times=timer.times,
     )
     res.update(_finish(clock, device))
@@ -317,7 +378,6 @@ def _bare_blocks(tok, path, block_size):
 def run_bare(args, clock, device, workdir):
     import contextlib
 
-    import numpy as np
     import torch
     from transformers import AutoTokenizer
 
@@ -334,8 +394,14 @@ def run_bare(args, clock, device, workdir):
     model = _model(args, len(tok), tok, device).to(dev)
     model.train()
     fused = args.optim == "adamw_torch_fused"
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                            **({"fused": True} if fused else {"foreach": True}))
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        **({"fused": True} if fused else {"foreach": True}),
+    )
     steps, B, warmup, log_every = args.steps, args.batch_size, args.warmup_steps_excluded, args.logging_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, (steps - s) / max(1, steps)))
     amp = (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
@@ -375,8 +441,13 @@ def run_bare(args, clock, device, workdir):
             n += 1
     eval_loss = (total / max(n, 1)).item()
     clock.mark("eval_end")
-    res = dict(train_blocks=len(train), eval_blocks=len(valid), final_train_loss=losses.get(_loss_step(args)),
-               eval_loss=eval_loss, step_times=times)
+    res = dict(
+        train_blocks=len(train),
+        eval_blocks=len(valid),
+        final_train_loss=losses.get(_loss_step(args)),
+        eval_loss=eval_loss,
+        step_times=times,
+    )
     res.update(_finish(clock, device))
     return res
 
@@ -400,7 +471,10 @@ def child_main(args):
     tokens_per_step = args.batch_size * args.block_size
     times = res.pop("step_times")
     res.update(
-        runner=args.run, device=device, bf16=args.bf16, steps=args.steps,
+        runner=args.run,
+        device=device,
+        bf16=args.bf16,
+        steps=args.steps,
         import_s=clock.since_spawn("imported"),
         tokenizer_load_s=clock.between("imported", "tokenizer"),
         prep_s=clock.between("tokenizer", "prepared"),
@@ -434,12 +508,22 @@ def train_tokenizer(args, out_dir):
         t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         t.decoder = decoders.ByteLevel()
         t.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=special,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=args.vocab_size,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         t.train([args.train_file], trainer=trainer)
-        tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token=special[0], bos_token=special[0],
-                                      unk_token=special[0], pad_token=special[1], mask_token=special[2],
-                                      clean_up_tokenization_spaces=False)
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=t,
+            eos_token=special[0],
+            bos_token=special[0],
+            unk_token=special[0],
+            pad_token=special[1],
+            mask_token=special[2],
+            clean_up_tokenization_spaces=False,
+        )
     tok.save_pretrained(out_dir)
     return len(tok)
 
@@ -449,7 +533,9 @@ def _child_env(workdir):
     src = os.path.join(REPO, "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(
-        HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="true",  # fresh processes, no fork after use: let the Rust encoder use all cores
         HF_DATASETS_CACHE=os.path.join(workdir, "hf_datasets_cache"),
         LMTRAIN_CACHE=os.path.join(workdir, "lmtrain_cache"),
@@ -463,9 +549,9 @@ def _child_env(workdir):
 
 WARM_IMPORTS = {
     "lmtrain": "import lmtrain; lmtrain.Trainer, lmtrain.TrainingArguments, lmtrain.default_data_collator; "
-               "import lmtrain.data.pack; from transformers import AutoTokenizer, GPT2LMHeadModel",
+    "import lmtrain.data.pack; from transformers import AutoTokenizer, GPT2LMHeadModel",
     "hf": "from datasets import load_dataset; from transformers import AutoTokenizer, GPT2LMHeadModel, Trainer, "
-          "TrainingArguments, TrainerCallback, default_data_collator; import transformers.trainer",
+    "TrainingArguments, TrainerCallback, default_data_collator; import transformers.trainer",
     "bare": "import numpy, torch; from transformers import AutoTokenizer, GPT2LMHeadModel",
 }
 
@@ -476,8 +562,14 @@ def warm_imports(names, base_tmp):
 
     env = _child_env(base_tmp)
     for name in names:
-        proc = subprocess.run([sys.executable, "-c", WARM_IMPORTS[name]], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", WARM_IMPORTS[name]],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if proc.returncode != 0:
             print(f"warning: warm-up import for {name} failed:\n{proc.stdout[-2000:]}", file=sys.stderr)
 
@@ -489,24 +581,56 @@ def run_child(name, args, tok_dir, base_tmp, idx):
 
     workdir = tempfile.mkdtemp(prefix=f"{name}-{idx}-", dir=base_tmp)
     cmd = [
-        sys.executable, os.path.abspath(__file__), "--run", name, "--workdir", workdir,
-        "--tokenizer_dir", tok_dir, "--train_file", args.train_file, "--validation_file", args.validation_file,
-        "--steps", str(args.steps), "--warmup_steps_excluded", str(args.warmup_steps_excluded),
-        "--device", args.device, "--batch_size", str(args.batch_size), "--block_size", str(args.block_size),
-        "--n_layer", str(args.n_layer), "--n_embd", str(args.n_embd), "--n_head", str(args.n_head),
-        "--lr", repr(args.lr), "--seed", str(args.seed), "--optim", args.optim,
-        "--logging_steps", str(args.logging_steps), "--eval_blocks", str(args.eval_blocks),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--run",
+        name,
+        "--workdir",
+        workdir,
+        "--tokenizer_dir",
+        tok_dir,
+        "--train_file",
+        args.train_file,
+        "--validation_file",
+        args.validation_file,
+        "--steps",
+        str(args.steps),
+        "--warmup_steps_excluded",
+        str(args.warmup_steps_excluded),
+        "--device",
+        args.device,
+        "--batch_size",
+        str(args.batch_size),
+        "--block_size",
+        str(args.block_size),
+        "--n_layer",
+        str(args.n_layer),
+        "--n_embd",
+        str(args.n_embd),
+        "--n_head",
+        str(args.n_head),
+        "--lr",
+        repr(args.lr),
+        "--seed",
+        str(args.seed),
+        "--optim",
+        args.optim,
+        "--logging_steps",
+        str(args.logging_steps),
+        "--eval_blocks",
+        str(args.eval_blocks),
     ]
     if args.bf16:
         cmd.append("--bf16")
     env = _child_env(workdir)
     cmd += ["--spawn_time", repr(time.time())]  # last thing before the spawn
-    proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=args.timeout)
+    proc = subprocess.run(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=args.timeout
+    )
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
+            result = json.loads(line[len(RESULT_TAG) :])
     if args.verbose or proc.returncode != 0 or result is None:
         print(f"----- {name} (exit {proc.returncode}) -----\n{proc.stdout[-8000:]}", file=sys.stderr)
     import shutil
@@ -538,8 +662,14 @@ def _median(values):
 
 
 def summarize(runs, names):
-    keys = [k for _, k, _ in COLUMNS] + ["final_train_loss", "eval_loss", "peak_cuda_mb", "tokenizer_load_s",
-                                         "spawn_s", "train_loss_avg"]
+    keys = [k for _, k, _ in COLUMNS] + [
+        "final_train_loss",
+        "eval_loss",
+        "peak_cuda_mb",
+        "tokenizer_load_s",
+        "spawn_s",
+        "train_loss_avg",
+    ]
     med = {}
     for name in names:
         ok = [r for r in runs[name] if "error" not in r]
@@ -580,10 +710,12 @@ def report(med, names, args, vocab):
     k = _loss_step(args) or 0
     for name in names:
         m = med[name]
-        lines.append(f"{LABELS[name]:>21}: train loss {_fmt('{:.4f}', m.get('final_train_loss'))} "
-                     f"(mean of steps {k - args.logging_steps + 1}-{k}), "
-                     f"eval loss {_fmt('{:.4f}', m.get('eval_loss'))}"
-                     + (f", peak CUDA {m['peak_cuda_mb']:.0f} MB" if m.get("peak_cuda_mb") else ""))
+        lines.append(
+            f"{LABELS[name]:>21}: train loss {_fmt('{:.4f}', m.get('final_train_loss'))} "
+            f"(mean of steps {k - args.logging_steps + 1}-{k}), "
+            f"eval loss {_fmt('{:.4f}', m.get('eval_loss'))}"
+            + (f", peak CUDA {m['peak_cuda_mb']:.0f} MB" if m.get("peak_cuda_mb") else "")
+        )
     lines.append("")
     L, H, B = med.get("lmtrain"), med.get("hf"), med.get("bare")
     if L and B:
@@ -629,16 +761,24 @@ def parent_main(args):
         runs = {n: [] for n in names}
         for rep in range(args.repeats):
             # Rotate the order so no runner always goes first (cold page cache, CPU clocks).
-            order = names[rep % len(names):] + names[: rep % len(names)]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 t = time.perf_counter()
                 r = run_child(name, args, tok_dir, base_tmp, rep)
                 runs[name].append(r)
-                status = "error" if "error" in r else (
-                    f"tok/s {_fmt('{:,.0f}', r.get('train_tok_s'))}, first step {_fmt('{:.2f}', r.get('first_step_s'))}s, "
-                    f"loss {_fmt('{:.4f}', r.get('final_train_loss'))}")
-                print(f"[{rep + 1}/{args.repeats}] {LABELS[name]}: {time.perf_counter() - t:.1f}s ({status})",
-                      file=sys.stderr, flush=True)
+                status = (
+                    "error"
+                    if "error" in r
+                    else (
+                        f"tok/s {_fmt('{:,.0f}', r.get('train_tok_s'))}, first step {_fmt('{:.2f}', r.get('first_step_s'))}s, "
+                        f"loss {_fmt('{:.4f}', r.get('final_train_loss'))}"
+                    )
+                )
+                print(
+                    f"[{rep + 1}/{args.repeats}] {LABELS[name]}: {time.perf_counter() - t:.1f}s ({status})",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         shutil.rmtree(base_tmp, ignore_errors=True)
     med = summarize(runs, names)
@@ -657,8 +797,9 @@ def parent_main(args):
         except Exception:
             pass
         with open(args.json, "w") as f:
-            json.dump({"args": meta, "env": env, "vocab": vocab, "runs": runs, "median": med, "report": text},
-                      f, indent=1)
+            json.dump(
+                {"args": meta, "env": env, "vocab": vocab, "runs": runs, "median": med, "report": text}, f, indent=1
+            )
     return 0 if all(m["ok_runs"] for m in med.values()) else 1
 
 

@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = [ROOT / ".bench_data" / "train.txt", ROOT / "shared" / "corpus" / "shakespeare" / "train.txt",
-                  ROOT.parent / "shared" / "corpus" / "shakespeare" / "train.txt"]
+DEFAULT_CORPUS = [
+    ROOT / ".bench_data" / "train.txt",
+    ROOT / "shared" / "corpus" / "shakespeare" / "train.txt",
+    ROOT.parent / "shared" / "corpus" / "shakespeare" / "train.txt",
+]
 GPU_VARIANTS = "transformers,lmtrain,lmtrain+chunk4096,lmtrain+chunk4096@b32,lmtrain+chunk4096@b64"
 CPU_VARIANTS = "transformers,lmtrain,lmtrain+chunk512,lmtrain+chunk512@b16"
 
@@ -51,20 +54,44 @@ def parse_variant(spec: str, batch: int) -> Dict:
     chunk = next((int(m[5:]) for m in mods if m.startswith("chunk") and m[5:].isdigit()), 0)
     unknown = [m for m in mods if m not in ("ro", "nogc") and not (m.startswith("chunk") and m[5:].isdigit())]
     if trainer not in ("lmtrain", "transformers") or unknown or (chunk and trainer != "lmtrain"):
-        raise SystemExit(f"bad variant {spec!r}: TRAINER[+chunkN][+ro][+nogc][@bB] with TRAINER lmtrain or "
-                         f"transformers (+chunkN: lmtrain's loss_chunk_size)")
-    return {"name": spec, "trainer": trainer, "chunk": chunk, "batch": int(b or batch),
-            "reduce_overhead": "ro" in mods, "no_gc": "nogc" in mods}
+        raise SystemExit(
+            f"bad variant {spec!r}: TRAINER[+chunkN][+ro][+nogc][@bB] with TRAINER lmtrain or "
+            f"transformers (+chunkN: lmtrain's loss_chunk_size)"
+        )
+    return {
+        "name": spec,
+        "trainer": trainer,
+        "chunk": chunk,
+        "batch": int(b or batch),
+        "reduce_overhead": "ro" in mods,
+        "no_gc": "nogc" in mods,
+    }
 
 
 def model_config(small: bool, vocab: int):
     from transformers import GPT2Config
 
     if small:
-        return GPT2Config(n_layer=4, n_embd=256, n_head=4, n_positions=256, vocab_size=vocab,
-                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=vocab,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return GPT2Config(
+            n_layer=4,
+            n_embd=256,
+            n_head=4,
+            n_positions=256,
+            vocab_size=vocab,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    return GPT2Config(
+        n_layer=12,
+        n_embd=768,
+        n_head=12,
+        n_positions=1024,
+        vocab_size=vocab,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
 
 
 def child(opts: argparse.Namespace) -> None:
@@ -79,8 +106,9 @@ def child(opts: argparse.Namespace) -> None:
     variant = parse_variant(opts.run, opts.batch)
     tok = AutoTokenizer.from_pretrained(opts.tokenizer)
     block = 256 if opts.small else 1024
-    train_ds, _, _ = prepare_datasets([opts.corpus], tok, block, validation_split_percentage=0,
-                                      cache_dir=opts.cache_dir)
+    train_ds, _, _ = prepare_datasets(
+        [opts.corpus], tok, block, validation_split_percentage=0, cache_dir=opts.cache_dir
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(model_config(opts.small, 50304 if not opts.small else len(tok)))
     model.config._attn_implementation = "sdpa"
@@ -95,13 +123,28 @@ def child(opts: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
 
-    common = dict(output_dir=opts.out, max_steps=marks[-1], per_device_train_batch_size=variant["batch"],
-                  learning_rate=6e-4, weight_decay=0.1, max_grad_norm=1.0, warmup_steps=10, logging_steps=10_000,
-                  save_strategy="no", report_to="none", disable_tqdm=True, dataloader_drop_last=True, bf16=bf16,
-                  torch_compile=opts.compile, use_cpu=device.type == "cpu", seed=0, dataloader_num_workers=2,
-                  dataloader_persistent_workers=True,  # no worker restart at each (short) epoch
-                  optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
-                  **({"torch_compile_mode": "reduce-overhead"} if variant["reduce_overhead"] else {}))
+    common = dict(
+        output_dir=opts.out,
+        max_steps=marks[-1],
+        per_device_train_batch_size=variant["batch"],
+        learning_rate=6e-4,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        warmup_steps=10,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        bf16=bf16,
+        torch_compile=opts.compile,
+        use_cpu=device.type == "cpu",
+        seed=0,
+        dataloader_num_workers=2,
+        dataloader_persistent_workers=True,  # no worker restart at each (short) epoch
+        optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+        **({"torch_compile_mode": "reduce-overhead"} if variant["reduce_overhead"] else {}),
+    )
     if variant["trainer"] == "lmtrain":
         from lmtrain import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
@@ -115,8 +158,9 @@ def child(opts: argparse.Namespace) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             on_step(state.global_step)
 
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=default_data_collator,
-                      callbacks=[Timer()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, data_collator=default_data_collator, callbacks=[Timer()]
+    )
     if variant["no_gc"]:  # what "GC out of the step" can gain at most: no collection during the run at all
         gc.collect()
         gc.freeze()
@@ -135,9 +179,22 @@ def child(opts: argparse.Namespace) -> None:
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     tps = statistics.median(windows)
     mfu = tps * per_token / peak if peak else None
-    print(json.dumps({**variant, "tokens_per_s": tps, "windows": windows, "mfu": mfu, "fused": fused,
-                      "peak_mem_gib": mem, "compile": opts.compile, "bf16": bf16,
-                      "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}), flush=True)
+    print(
+        json.dumps(
+            {
+                **variant,
+                "tokens_per_s": tps,
+                "windows": windows,
+                "mfu": mfu,
+                "fused": fused,
+                "peak_mem_gib": mem,
+                "compile": opts.compile,
+                "bf16": bf16,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            }
+        ),
+        flush=True,
+    )
 
 
 def synthetic_corpus(path: Path, mib: int = 5) -> Path:
@@ -152,11 +209,35 @@ def synthetic_corpus(path: Path, mib: int = 5) -> Path:
 
 
 def run_variant(opts: argparse.Namespace, spec: str, r: int, work: Path, env: dict) -> Optional[dict]:
-    cmd = [sys.executable, __file__, "--run", spec, "--tokenizer", str(work / "tok"), "--cache_dir",
-           str(work / "cache"), "--out", str(work / f"out-{r}"), "--corpus", opts.corpus, "--device", opts.device,
-           "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--repeats", str(opts.repeats),
-           "--batch", str(opts.batch), "--compile" if opts.compile else "--no-compile"] \
-        + (["--small"] if opts.small else []) + (["--bf16"] if opts.bf16 else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--run",
+            spec,
+            "--tokenizer",
+            str(work / "tok"),
+            "--cache_dir",
+            str(work / "cache"),
+            "--out",
+            str(work / f"out-{r}"),
+            "--corpus",
+            opts.corpus,
+            "--device",
+            opts.device,
+            "--steps",
+            str(opts.steps),
+            "--warmup",
+            str(opts.warmup),
+            "--repeats",
+            str(opts.repeats),
+            "--batch",
+            str(opts.batch),
+            "--compile" if opts.compile else "--no-compile",
+        ]
+        + (["--small"] if opts.small else [])
+        + (["--bf16"] if opts.bf16 else [])
+    )
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((x for x in proc.stdout.splitlines()[::-1] if x.startswith("{")), None)
@@ -176,9 +257,11 @@ def print_table(opts: argparse.Namespace, results: Dict[str, List[dict]]) -> Non
     done = [x for runs in results.values() for x in runs]
     dev = done[0]["device"] if done else opts.device
     model = "GPT-2 4x256, block 256" if opts.small else "GPT-2 124M, block 1024"
-    print(f"\n{model}, bf16={opts.device == 'cuda' or opts.bf16}, compile={opts.compile}, {dev}; per run "
-          f"{opts.warmup} warm-up steps, then the median of {opts.repeats} windows of {opts.steps} steps; "
-          f"medians of {opts.runs} run(s)\n")
+    print(
+        f"\n{model}, bf16={opts.device == 'cuda' or opts.bf16}, compile={opts.compile}, {dev}; per run "
+        f"{opts.warmup} warm-up steps, then the median of {opts.repeats} windows of {opts.steps} steps; "
+        f"medians of {opts.runs} run(s)\n"
+    )
     print("| variant | batch | tokens/s | MFU | peak memory GiB | vs transformers.Trainer |\n|---|---|---|---|---|---|")
     ref = med("transformers", "tokens_per_s")
     for name, runs in results.items():
@@ -188,13 +271,18 @@ def print_table(opts: argparse.Namespace, results: Dict[str, List[dict]]) -> Non
         tps, mfu, mem = med(name, "tokens_per_s"), med(name, "mfu"), med(name, "peak_mem_gib")
         if any(r.get("fused") not in (None, "fused") for r in runs):
             name += f" (NOT fused: {runs[0]['fused']})"
-        print(f"| {name} | {runs[0]['batch']} | {tps:,.0f} | {'-' if mfu is None else f'{mfu:.1%}'} | "
-              f"{'-' if mem is None else f'{mem:.1f}'} | {f'{tps / ref:.2f}x' if ref else '-'} |")
-    best = max((n for n in results if n != "transformers" and results[n]), key=lambda n: med(n, "tokens_per_s"),
-               default=None)
+        print(
+            f"| {name} | {runs[0]['batch']} | {tps:,.0f} | {'-' if mfu is None else f'{mfu:.1%}'} | "
+            f"{'-' if mem is None else f'{mem:.1f}'} | {f'{tps / ref:.2f}x' if ref else '-'} |"
+        )
+    best = max(
+        (n for n in results if n != "transformers" and results[n]), key=lambda n: med(n, "tokens_per_s"), default=None
+    )
     if best and ref:
-        print(f"\nbest lmtrain variant {best}: {med(best, 'tokens_per_s'):,.0f} tokens/s = "
-              f"{med(best, 'tokens_per_s') / ref:.2f}x transformers.Trainer (targets: >= 470k tokens/s, >= 1.3x)")
+        print(
+            f"\nbest lmtrain variant {best}: {med(best, 'tokens_per_s'):,.0f} tokens/s = "
+            f"{med(best, 'tokens_per_s') / ref:.2f}x transformers.Trainer (targets: >= 470k tokens/s, >= 1.3x)"
+        )
 
 
 def main() -> None:
@@ -209,8 +297,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed windows per run; the median is reported")
     p.add_argument("--runs", type=int, default=1, help="subprocesses per variant, interleaved (each compiles)")
     p.add_argument("--batch", type=int, default=None, help="per-device batch without @bN (default 16 GPU, 8 CPU)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile (default: on for CUDA, off on the CPU, where it takes minutes)")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile (default: on for CUDA, off on the CPU, where it takes minutes)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU too")
     p.add_argument("--corpus", default=next((str(c) for c in DEFAULT_CORPUS if c.exists()), None))
     p.add_argument("--json", default=None, help="write the raw results here (after every run)")
@@ -227,8 +319,10 @@ def main() -> None:
     if opts.run:
         child(opts)
         return
-    specs = [parse_variant(v, opts.batch)["name"] for v in (opts.variants or (CPU_VARIANTS if cpu else
-                                                                              GPU_VARIANTS)).split(",")]
+    specs = [
+        parse_variant(v, opts.batch)["name"]
+        for v in (opts.variants or (CPU_VARIANTS if cpu else GPU_VARIANTS)).split(",")
+    ]
     sys.path.insert(0, str(ROOT / "src"))
     from lmtrain.data.bpe import train_bpe_tokenizer
 

@@ -110,8 +110,11 @@ def main() -> None:
         print(json.dumps(child(opts)), flush=True)
         return
     variants = ["full"] + [f"chunk-{c}" for c in opts.chunks.split(",") if c]
-    passed = [f"--{k}={getattr(opts, k)}" for k in ("device", "batch", "seq", "hidden", "vocab", "repeats")] \
-        + ["--bf16"] * opts.bf16 + ["--compile"] * opts.compile
+    passed = (
+        [f"--{k}={getattr(opts, k)}" for k in ("device", "batch", "seq", "hidden", "vocab", "repeats")]
+        + ["--bf16"] * opts.bf16
+        + ["--compile"] * opts.compile
+    )
     results = []
     for v in variants:
         proc = subprocess.run([sys.executable, __file__, *passed, "--variant", v], capture_output=True, text=True)
@@ -122,19 +125,24 @@ def main() -> None:
         results.append(json.loads(line))
         print(f"{v}: {results[-1]}", file=sys.stderr, flush=True)
     tokens = opts.batch * opts.seq
-    print(f"\nhead {opts.hidden} x {opts.vocab}, {opts.batch} x {opts.seq} = {tokens} tokens, {opts.device}, "
-          f"{'bf16 autocast' if opts.bf16 else 'float32'}{', compiled' if opts.compile else ''}; "
-          f"forward + backward, time = median of {opts.repeats}\n")
+    print(
+        f"\nhead {opts.hidden} x {opts.vocab}, {opts.batch} x {opts.seq} = {tokens} tokens, {opts.device}, "
+        f"{'bf16 autocast' if opts.bf16 else 'float32'}{', compiled' if opts.compile else ''}; "
+        f"forward + backward, time = median of {opts.repeats}\n"
+    )
     print("| variant | peak memory MiB | memory / full | seconds | time / full | loss |\n|---|---|---|---|---|---|")
     ref = next((r for r in results if r["variant"] == "full"), None)
     for r in results:
         mem_ratio = f"{r['peak_bytes'] / ref['peak_bytes']:.3f}" if ref and ref["peak_bytes"] > 0 else "-"
         time_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
-        print(f"| {r['variant']} | {r['peak_bytes'] / 2**20:,.0f} | {mem_ratio} | {r['seconds']:.3f} | {time_ratio} "
-              f"| {r['loss']:.6g} |")
+        print(
+            f"| {r['variant']} | {r['peak_bytes'] / 2**20:,.0f} | {mem_ratio} | {r['seconds']:.3f} | {time_ratio} "
+            f"| {r['loss']:.6g} |"
+        )
     logits = tokens * opts.vocab
-    print(f"\nfor scale: the logits are {logits * 4 / 2**20:,.0f} MiB in float32, {logits * 2 / 2**20:,.0f} MiB "
-          f"in bf16")
+    print(
+        f"\nfor scale: the logits are {logits * 4 / 2**20:,.0f} MiB in float32, {logits * 2 / 2**20:,.0f} MiB in bf16"
+    )
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
 

@@ -51,7 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement in the comparison (median)")
     p.add_argument("--sizes", default="5,50,500", help="scaling table corpus sizes in MB (comma list)")
     p.add_argument("--scale_repeats", type=int, default=1, help="runs per measurement in the scaling table")
-    p.add_argument("--recipe_max_mb", type=float, default=50, help="largest size the recipe runs at in the scaling table")
+    p.add_argument(
+        "--recipe_max_mb", type=float, default=50, help="largest size the recipe runs at in the scaling table"
+    )
     p.add_argument("--vocab_size", type=int, default=8192)
     p.add_argument("--block_size", type=int, default=128)
     p.add_argument("--skip_compare", action="store_true")
@@ -143,9 +145,13 @@ def child_lmtrain(args) -> None:
     seconds = time.perf_counter() - t
     meta = json.loads(open(os.path.join(info["cache_dirs"][0], "meta.json")).read())
     _report(
-        seconds=seconds, cpu=_cpu() - cpu, peak_rss=_peak_rss(), rss_before=rss0,
+        seconds=seconds,
+        cpu=_cpu() - cpu,
+        peak_rss=_peak_rss(),
+        rss_before=rss0,
         blocks=len(train) + (len(evals) if evals is not None else 0),
-        tokens=info["corpus_tokens"], encoder=meta.get("encoder"),
+        tokens=info["corpus_tokens"],
+        encoder=meta.get("encoder"),
     )
 
 
@@ -154,21 +160,35 @@ def child_lmtrain(args) -> None:
 
 
 def run_child(args, mode, **kw) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--block_size", str(args.block_size),
-           "--vocab_size", str(args.vocab_size)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        mode,
+        "--block_size",
+        str(args.block_size),
+        "--vocab_size",
+        str(args.vocab_size),
+    ]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "src"), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "src"), os.environ.get("PYTHONPATH")])),
+    )
     if args.no_fast_bpe:
         env["LMTRAIN_NO_FAST_BPE"] = "1"
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=args.timeout)
+    proc = subprocess.run(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=args.timeout
+    )
     if args.verbose:
         sys.stderr.write(proc.stdout)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     sys.stderr.write(proc.stdout[-4000:])
     raise SystemExit(f"child {mode} failed (exit {proc.returncode})")
 
@@ -210,22 +230,28 @@ def measure(args, modes, file, tokenizer, tmp, repeats, warm: dict | None = None
             cache = tempfile.mkdtemp(prefix=f"{mode}-cache-", dir=tmp)
             c = run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache)
             runs[mode]["cold"].append(c)
-            w = run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache) if (warm or {}).get(mode, True) else None
+            w = (
+                run_child(args, mode, file=file, tokenizer=tokenizer, cache=cache)
+                if (warm or {}).get(mode, True)
+                else None
+            )
             if w:
                 runs[mode]["warm"].append(w)
             shutil.rmtree(cache, ignore_errors=True)
-            print(f"  {mode:8s} run {r + 1}/{repeats}: cold {c['seconds']:.2f}s (cpu {c['cpu']:.1f}s) "
-                  f"{c['peak_rss'] / 2**20:.0f} MiB"
-                  + (f", warm {w['seconds']:.3f}s {w['peak_rss'] / 2**20:.0f} MiB" if w else ""),
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {mode:8s} run {r + 1}/{repeats}: cold {c['seconds']:.2f}s (cpu {c['cpu']:.1f}s) "
+                f"{c['peak_rss'] / 2**20:.0f} MiB"
+                + (f", warm {w['seconds']:.3f}s {w['peak_rss'] / 2**20:.0f} MiB" if w else ""),
+                file=sys.stderr,
+                flush=True,
+            )
     out = {}
     for mode in modes:
         out[mode] = {}
         for phase, rs in runs[mode].items():
             if rs:
                 out[mode][phase] = {
-                    key: statistics.median(r[key] for r in rs)
-                    for key in ("seconds", "cpu", "peak_rss", "rss_before")
+                    key: statistics.median(r[key] for r in rs) for key in ("seconds", "cpu", "peak_rss", "rss_before")
                 }
                 out[mode][phase]["runs"] = rs
     return out
@@ -313,11 +339,14 @@ def main(argv=None) -> None:
                 "| recipe cold (s) | recipe peak RSS (MiB) | speed-up |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
-            for mb, size, lmt, rec in rows:
+            for _mb, size, lmt, rec in rows:
                 c, w = lmt["cold"], lmt["warm"]
-                rec_cells = ("| not run | not run | |" if rec is None else
-                             f"| {secs(rec['cold']['seconds'])} | {mib(rec['cold']['peak_rss'])} "
-                             f"| {rec['cold']['seconds'] / c['seconds']:.1f}x |")
+                rec_cells = (
+                    "| not run | not run | |"
+                    if rec is None
+                    else f"| {secs(rec['cold']['seconds'])} | {mib(rec['cold']['peak_rss'])} "
+                    f"| {rec['cold']['seconds'] / c['seconds']:.1f}x |"
+                )
                 lines.append(
                     f"| {size / MB:.0f} MB | {secs(c['seconds'])} | {secs(c['cpu'])} | {size / MB / c['seconds']:.1f} "
                     f"| {mib(c['peak_rss'])} "

@@ -4,7 +4,6 @@ import json
 import os
 import sys
 
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -25,13 +24,23 @@ class SigtermOneRank(TrainerCallback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
-                         logging_steps=int(os.environ.get("LMTRAIN_TEST_LOGGING_STEPS", 1)),
-                         save_steps=2, learning_rate=1e-2, report_to="none", disable_tqdm=True, seed=0,
-                         overwrite_output_dir=not resume, use_cpu=True,
-                         fsdp=os.environ.get("LMTRAIN_TEST_FSDP") == "1")
-trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=ragged_dataset(n=32), data_collator=stack,
-                  callbacks=[SigtermOneRank()])
+args = TrainingArguments(
+    output_dir=out,
+    per_device_train_batch_size=batch,
+    max_steps=steps,
+    logging_steps=int(os.environ.get("LMTRAIN_TEST_LOGGING_STEPS", 1)),
+    save_steps=2,
+    learning_rate=1e-2,
+    report_to="none",
+    disable_tqdm=True,
+    seed=0,
+    overwrite_output_dir=not resume,
+    use_cpu=True,
+    fsdp=os.environ.get("LMTRAIN_TEST_FSDP") == "1",
+)
+trainer = Trainer(
+    model=tiny_gpt2(), args=args, train_dataset=ragged_dataset(n=32), data_collator=stack, callbacks=[SigtermOneRank()]
+)
 trainer.train(resume_from_checkpoint=True if resume else None)
 trainer.save_model(os.path.join(out, "final"))
 if trainer.is_world_process_zero():

@@ -22,16 +22,19 @@ def test_eval_steps_default_to_logging_steps():
     assert TrainingArguments(output_dir="o", eval_strategy="steps", logging_steps=7).eval_steps == 7
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(bf16=True, fp16=True), "bf16 and fp16"),
-    (dict(load_best_model_at_end=True), "needs evaluation"),
-    (dict(load_best_model_at_end=True, eval_strategy="epoch", save_strategy="steps"), "match eval_strategy"),
-    (dict(load_best_model_at_end=True, eval_strategy="steps", eval_steps=3, save_steps=10), "multiple of"),
-    (dict(lr_scheduler_type="triangle"), "lr_scheduler_type='triangle' is not one of"),
-    (dict(per_device_train_batch_size=0), "at least 1"),
-    (dict(report_to="neptune"), "unknown targets"),
-    (dict(max_steps=-1, num_train_epochs=0), "Nothing to train"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(bf16=True, fp16=True), "bf16 and fp16"),
+        (dict(load_best_model_at_end=True), "needs evaluation"),
+        (dict(load_best_model_at_end=True, eval_strategy="epoch", save_strategy="steps"), "match eval_strategy"),
+        (dict(load_best_model_at_end=True, eval_strategy="steps", eval_steps=3, save_steps=10), "multiple of"),
+        (dict(lr_scheduler_type="triangle"), "lr_scheduler_type='triangle' is not one of"),
+        (dict(per_device_train_batch_size=0), "at least 1"),
+        (dict(report_to="neptune"), "unknown targets"),
+        (dict(max_steps=-1, num_train_epochs=0), "Nothing to train"),
+    ],
+)
 def test_contradictions_fail_at_construction(kwargs, match):
     with pytest.raises(ConfigError, match=match) as info:
         TrainingArguments(output_dir="o", **kwargs)

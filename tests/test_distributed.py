@@ -80,9 +80,32 @@ def test_cli_under_torchrun(tmp_path, subprocess_env):
 
     env = dict(subprocess_env, OMP_NUM_THREADS="1")
     out = tmp_path / "run"
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
-         "-m", "lmtrain", "train", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-         "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", *TINY], env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29535",
+            "-m",
+            "lmtrain",
+            "train",
+            "--output_dir",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--max_steps",
+            "4",
+            "--save_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            *TINY,
+        ],
+        env,
+    )
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     lines = (out / "log.jsonl").read_text().splitlines()

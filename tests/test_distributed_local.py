@@ -11,8 +11,18 @@ import pytest
 import torch
 
 from lmtrain import TrainingArguments
-from lmtrain.distributed import (Runtime, _repeated_blocks, env_world, full_state_dicts, load_full_state_dicts,
-                                 pick_device, setup_runtime, shard_model, unwrap, wrap_model)
+from lmtrain.distributed import (
+    Runtime,
+    _repeated_blocks,
+    env_world,
+    full_state_dicts,
+    load_full_state_dicts,
+    pick_device,
+    setup_runtime,
+    shard_model,
+    unwrap,
+    wrap_model,
+)
 from tests.conftest import tiny_gpt2
 
 CPU = torch.device("cpu")
@@ -26,6 +36,7 @@ def single_process(monkeypatch):
 
 
 # ---- environment and device -----------------------------------------------------------------------
+
 
 def test_env_world_reads_torchrun_variables(monkeypatch, single_process):
     assert env_world() == (0, 0, 1)
@@ -73,6 +84,7 @@ def test_setup_runtime_takes_rank_from_the_environment(tmp_path, monkeypatch):
 
 
 # ---- Runtime ----------------------------------------------------------------------------------------
+
 
 def test_main_and_distributed_flags():
     assert Runtime(CPU).is_main and not Runtime(CPU).distributed
@@ -160,6 +172,7 @@ def test_one_process_reductions_are_identities(monkeypatch):
 
 # ---- wrappers -----------------------------------------------------------------------------------
 
+
 class Holder(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module, attr: str) -> None:
         super().__init__()
@@ -205,6 +218,7 @@ def test_full_state_dicts_without_fsdp_are_none():
 
 # ---- the collective paths, over a one-process gloo group ------------------------------------------
 
+
 @pytest.fixture
 def gloo_group(tmp_path):
     """A real process group of one rank; Runtimes built on it with world_size=2 take the distributed paths."""
@@ -231,8 +245,14 @@ def test_reductions_go_through_the_process_group(gloo_group):
 def test_wrap_model_passes_the_ddp_options(gloo_group, tmp_path):
     from torch.nn.parallel import DistributedDataParallel
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
-                             ddp_find_unused_parameters=True, ddp_bucket_cap_mb=1, ddp_broadcast_buffers=False)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        ddp_find_unused_parameters=True,
+        ddp_bucket_cap_mb=1,
+        ddp_broadcast_buffers=False,
+    )
     model = tiny_gpt2()
     ddp = wrap_model(model, Runtime(CPU, world_size=2), args)
     assert isinstance(ddp, DistributedDataParallel) and ddp.module is model and unwrap(ddp) is model

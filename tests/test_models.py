@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from lmtrain.errors import ConfigError
-from lmtrain.models import (apply_lora, build_config, build_model, load_tokenizer, max_positions, parse_overrides,
-                            save_merged)
+from lmtrain.models import (
+    apply_lora,
+    build_config,
+    build_model,
+    load_tokenizer,
+    max_positions,
+    parse_overrides,
+    save_merged,
+)
 from tests.conftest import tiny_gpt2
 
 GPT2_TINY = "n_layer=2,n_embd=32,n_head=2"
@@ -25,8 +32,14 @@ def word_tokenizer(words: int = 35):
     vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(words)])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", mask_token="[MASK]", unk_token="[UNK]",
-                                   bos_token="[CLS]", eos_token="[SEP]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +60,25 @@ def fits(model, length: int) -> bool:
 
 # ---- parse_overrides ------------------------------------------------------------------------------
 
+
 def test_parse_overrides_reads_python_literals_and_words():
-    got = parse_overrides("n_layer=4, n_embd = 256,activation_function=gelu_new,scale_attn_weights=false,"
-                          "layer_norm_epsilon=1e-5,bos_token_id=None,use_cache=True,eos_token_id=none,"
-                          "sizes=[1],note=a=b,")
-    assert got == {"n_layer": 4, "n_embd": 256, "activation_function": "gelu_new", "scale_attn_weights": False,
-                   "layer_norm_epsilon": 1e-5, "bos_token_id": None, "use_cache": True, "eos_token_id": None,
-                   "sizes": [1], "note": "a=b"}
+    got = parse_overrides(
+        "n_layer=4, n_embd = 256,activation_function=gelu_new,scale_attn_weights=false,"
+        "layer_norm_epsilon=1e-5,bos_token_id=None,use_cache=True,eos_token_id=none,"
+        "sizes=[1],note=a=b,"
+    )
+    assert got == {
+        "n_layer": 4,
+        "n_embd": 256,
+        "activation_function": "gelu_new",
+        "scale_attn_weights": False,
+        "layer_norm_epsilon": 1e-5,
+        "bos_token_id": None,
+        "use_cache": True,
+        "eos_token_id": None,
+        "sizes": [1],
+        "note": "a=b",
+    }
     assert type(got["layer_norm_epsilon"]) is float and type(got["n_layer"]) is int
 
 
@@ -68,6 +93,7 @@ def test_parse_overrides_rejects_an_item_without_a_value():
 
 
 # ---- from scratch -------------------------------------------------------------------------------
+
 
 def test_causal_from_scratch_is_a_small_gpt2_sized_to_the_tokenizer(tok):
     from transformers import GPT2LMHeadModel
@@ -128,17 +154,27 @@ def test_masked_from_scratch_is_a_small_bert(tok):
 def test_llama_has_no_hard_position_limit(tok):
     from transformers import LlamaForCausalLM
 
-    model = build_model(tokenizer=tok, mlm=False, block_size=16, model_type="llama",
-                        config_overrides="num_hidden_layers=2,hidden_size=32,intermediate_size=64,"
-                                         "num_attention_heads=2,num_key_value_heads=2,max_position_embeddings=8")
+    model = build_model(
+        tokenizer=tok,
+        mlm=False,
+        block_size=16,
+        model_type="llama",
+        config_overrides="num_hidden_layers=2,hidden_size=32,intermediate_size=64,"
+        "num_attention_heads=2,num_key_value_heads=2,max_position_embeddings=8",
+    )
     assert isinstance(model, LlamaForCausalLM)
     assert max_positions(model) is None
     assert fits(model, 24)  # rotary: longer than the configured length still runs
 
 
 def test_roberta_positions_exclude_the_padding_offset(tok):
-    model = build_model(tokenizer=tok, mlm=True, block_size=16, model_type="roberta",
-                        config_overrides=BERT_TINY + ",max_position_embeddings=34")
+    model = build_model(
+        tokenizer=tok,
+        mlm=True,
+        block_size=16,
+        model_type="roberta",
+        config_overrides=BERT_TINY + ",max_position_embeddings=34",
+    )
     pad = model.config.pad_token_id
     assert pad == 0
     assert max_positions(model) == 34 - (pad + 1)
@@ -165,6 +201,7 @@ def test_build_config_applies_overrides_to_the_config(tok):
 
 
 # ---- errors ---------------------------------------------------------------------------------------
+
 
 def test_unknown_model_type_suggests_close_names(tok):
     with pytest.raises(ConfigError, match="'gpt9' is not a transformers model type; try .*gpt2"):
@@ -198,11 +235,13 @@ def test_missing_folders_get_one_line_naming_what_and_where(tmp_path, tok):
 
 def test_overrides_do_not_apply_to_a_pretrained_model(tmp_path, tok):
     with pytest.raises(ConfigError, match="only applies when training from scratch"):
-        build_model(tokenizer=tok, mlm=False, block_size=16, model_name_or_path=str(tmp_path),
-                    config_overrides=GPT2_TINY)
+        build_model(
+            tokenizer=tok, mlm=False, block_size=16, model_name_or_path=str(tmp_path), config_overrides=GPT2_TINY
+        )
 
 
 # ---- local pretrained ----------------------------------------------------------------------------
+
 
 def test_load_tokenizer_from_a_saved_folder(tmp_path, tok):
     tok.save_pretrained(tmp_path / "tok")
@@ -233,6 +272,7 @@ def test_a_causal_checkpoint_cannot_load_as_masked(tmp_path, tok):
 
 
 # ---- LoRA -----------------------------------------------------------------------------------------
+
 
 def lora_params(layers: int, d_in: int, d_out: int, r: int) -> int:
     return layers * r * (d_in + d_out)  # A: r x in, B: out x r

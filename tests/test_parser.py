@@ -107,8 +107,12 @@ def test_bool_flags():
 
 @pytest.mark.parametrize(
     "argv, expected",
-    [([], []), (["--report_to", "none"], []), (["--report_to", "tensorboard", "wandb"], ["tensorboard", "wandb"]),
-     (["--report_to", "tensorboard"], ["tensorboard"])],
+    [
+        ([], []),
+        (["--report_to", "none"], []),
+        (["--report_to", "tensorboard", "wandb"], ["tensorboard", "wandb"]),
+        (["--report_to", "tensorboard"], ["tensorboard"]),
+    ],
 )
 def test_report_to(argv, expected):
     (t,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
@@ -166,7 +170,9 @@ def test_extra_argparse_options_come_back_as_namespace():
 def test_args_file(tmp_path):
     args_file = tmp_path / "run.args"
     args_file.write_text("--seed 5 --learning_rate 0.1\n")
-    (t,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(["--seed", "9"], args_filename=str(args_file))
+    (t,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
+        ["--seed", "9"], args_filename=str(args_file)
+    )
     assert t.seed == 9 and t.learning_rate == pytest.approx(0.1)  # the command line wins over the file
 
 
@@ -233,8 +239,6 @@ def test_help_shows_docstrings_metadata_and_defaults():
 
 def test_local_dataclass_without_source_is_tolerated():
     ns: dict = {}
-    exec(
-        "from dataclasses import dataclass\n@dataclass\nclass Tmp:\n    x: int = 1\n    'doc of x'\n", ns
-    )
+    exec("from dataclasses import dataclass\n@dataclass\nclass Tmp:\n    x: int = 1\n    'doc of x'\n", ns)
     (tmp,) = HfArgumentParser(ns["Tmp"]).parse_args_into_dataclasses(["--x", "4"], look_for_args_file=False)
     assert tmp.x == 4

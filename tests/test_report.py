@@ -32,11 +32,18 @@ TOKENS_PER_STEP = 4 * 64  # batch 4 x block 64
 # ---- synthetic runs ------------------------------------------------------------------------------
 
 
-def train_record(step: int, *, lr: float = 1e-3, mfu: bool = True, loss: Optional[float] = None,
-                 t0: float = 1.7e9) -> Dict[str, Any]:
-    record = {"step": step, "epoch": round(step / 100, 4), "time": t0 + step,
-              "loss": 6.0 - 0.02 * step - 20 * lr if loss is None else loss, "grad_norm": 1.0 / (1 + 0.05 * step),
-              "tokens_per_second": 2000.0 + step, "learning_rate": lr * (1 - step / 100)}
+def train_record(
+    step: int, *, lr: float = 1e-3, mfu: bool = True, loss: Optional[float] = None, t0: float = 1.7e9
+) -> Dict[str, Any]:
+    record = {
+        "step": step,
+        "epoch": round(step / 100, 4),
+        "time": t0 + step,
+        "loss": 6.0 - 0.02 * step - 20 * lr if loss is None else loss,
+        "grad_norm": 1.0 / (1 + 0.05 * step),
+        "tokens_per_second": 2000.0 + step,
+        "learning_rate": lr * (1 - step / 100),
+    }
     if mfu:
         record["mfu"] = 0.1 + step / 1000
     return record
@@ -44,13 +51,27 @@ def train_record(step: int, *, lr: float = 1e-3, mfu: bool = True, loss: Optiona
 
 def eval_record(step: int, loss: Optional[float] = None) -> Dict[str, Any]:
     loss = 6.1 - 0.02 * step if loss is None else loss
-    return {"step": step, "epoch": round(step / 100, 4), "time": 1.7e9 + step + 0.5, "eval_loss": loss,
-            "eval_perplexity": 2.718 ** loss, "eval_bits_per_byte": loss / 2, "eval_runtime": 0.25}
+    return {
+        "step": step,
+        "epoch": round(step / 100, 4),
+        "time": 1.7e9 + step + 0.5,
+        "eval_loss": loss,
+        "eval_perplexity": 2.718**loss,
+        "eval_bits_per_byte": loss / 2,
+        "eval_runtime": 0.25,
+    }
 
 
 def summary_record(step: int) -> Dict[str, Any]:
-    return {"step": step, "epoch": step / 100, "time": 1.7e9 + step + 1, "train_runtime": 12.5,
-            "train_loss": 5.4, "train_tokens_per_second": 2040.0, "total_flos": 1.0e9}
+    return {
+        "step": step,
+        "epoch": step / 100,
+        "time": 1.7e9 + step + 1,
+        "train_runtime": 12.5,
+        "train_loss": 5.4,
+        "train_tokens_per_second": 2040.0,
+        "total_flos": 1.0e9,
+    }
 
 
 def training_args(output_dir: Path, **changes: Any) -> Dict[str, Any]:
@@ -61,9 +82,18 @@ def training_args(output_dir: Path, **changes: Any) -> Dict[str, Any]:
     return TrainingArguments(output_dir=str(output_dir), **values).to_dict()
 
 
-def make_run(root: Path, name: str, records: Optional[Iterable[Dict[str, Any]]] = None, *, lr: float = 1e-3,
-             mfu: bool = True, evals: bool = True, steps: int = 40, state: bool = True,
-             args: Optional[Dict[str, Any]] = None) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    records: Optional[Iterable[Dict[str, Any]]] = None,
+    *,
+    lr: float = 1e-3,
+    mfu: bool = True,
+    evals: bool = True,
+    steps: int = 40,
+    state: bool = True,
+    args: Optional[Dict[str, Any]] = None,
+) -> Path:
     """A finished run directory as `lmtrain train` leaves it (log every 5 steps, eval every 20)."""
     run = root / name
     run.mkdir(parents=True)
@@ -78,15 +108,43 @@ def make_run(root: Path, name: str, records: Optional[Iterable[Dict[str, Any]]] 
             records.append(eval_record(steps))  # the final evaluation repeats the last step's
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     if state:
-        (run / "trainer_state.json").write_text(json.dumps(
-            {"global_step": steps, "max_steps": steps, "num_input_tokens_seen": steps * TOKENS_PER_STEP,
-             "epoch": steps / 100, "log_history": list(records)}), encoding="utf-8")
-    (run / "training_args.json").write_text(json.dumps(
-        args if args is not None else training_args(run, learning_rate=lr, max_steps=steps, logging_steps=5,
-                                                    eval_strategy="steps" if evals else "no", eval_steps=20)),
-        encoding="utf-8")
-    (run / "all_results.json").write_text(json.dumps({"train_loss": 5.4, "train_runtime": 12.5, **(
-        {"eval_loss": 5.3, "eval_perplexity": 200.3} if evals else {})}), encoding="utf-8")
+        (run / "trainer_state.json").write_text(
+            json.dumps(
+                {
+                    "global_step": steps,
+                    "max_steps": steps,
+                    "num_input_tokens_seen": steps * TOKENS_PER_STEP,
+                    "epoch": steps / 100,
+                    "log_history": list(records),
+                }
+            ),
+            encoding="utf-8",
+        )
+    (run / "training_args.json").write_text(
+        json.dumps(
+            args
+            if args is not None
+            else training_args(
+                run,
+                learning_rate=lr,
+                max_steps=steps,
+                logging_steps=5,
+                eval_strategy="steps" if evals else "no",
+                eval_steps=20,
+            )
+        ),
+        encoding="utf-8",
+    )
+    (run / "all_results.json").write_text(
+        json.dumps(
+            {
+                "train_loss": 5.4,
+                "train_runtime": 12.5,
+                **({"eval_loss": 5.3, "eval_perplexity": 200.3} if evals else {}),
+            }
+        ),
+        encoding="utf-8",
+    )
     return run
 
 
@@ -115,10 +173,16 @@ def external_refs(page: str) -> List[str]:
 def test_resolve_records_later_record_wins_on_resume():
     # logged 5..30 and evaluated at 20; killed after 30 (checkpoint at 20); resumed from 20 with
     # other numbers; then the final evaluation repeats step 40's.
-    first = [train_record(s, loss=9.0) for s in (5, 10, 15, 20)] + [eval_record(20, loss=9.5)] \
+    first = (
+        [train_record(s, loss=9.0) for s in (5, 10, 15, 20)]
+        + [eval_record(20, loss=9.5)]
         + [train_record(s, loss=9.0) for s in (25, 30)]
-    resumed = [train_record(s, loss=1.0) for s in (25, 30, 35, 40)] + [eval_record(40, loss=1.5),
-                                                                       summary_record(40), eval_record(40, loss=1.4)]
+    )
+    resumed = [train_record(s, loss=1.0) for s in (25, 30, 35, 40)] + [
+        eval_record(40, loss=1.5),
+        summary_record(40),
+        eval_record(40, loss=1.4),
+    ]
     train, evals, summary, superseded = resolve_records(first + resumed)
     assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert [r["loss"] for r in train] == [9.0] * 4 + [1.0] * 4
@@ -164,8 +228,9 @@ def test_newest_checkpoint_state_is_used_for_a_run_in_progress(tmp_path):
     run = make_run(tmp_path, "r", state=False)
     for step in (20, 40):
         (run / f"checkpoint-{step}").mkdir()
-        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps(
-            {"global_step": step, "num_input_tokens_seen": step * 128}), encoding="utf-8")
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "num_input_tokens_seen": step * 128}), encoding="utf-8"
+        )
         (run / f"checkpoint-{step}" / "COMPLETE").write_text("")  # written whole, as lmtrain writes them
     assert load_run(run).tokens_per_step == 128
 
@@ -176,18 +241,26 @@ def test_a_checkpoint_without_its_complete_marker_is_not_read(tmp_path):
     for step, tokens, complete in ((20, 128, True), (40, 999, False)):
         folder = run / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / "trainer_state.json").write_text(json.dumps(
-            {"global_step": step, "num_input_tokens_seen": step * tokens}), encoding="utf-8")
+        (folder / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "num_input_tokens_seen": step * tokens}), encoding="utf-8"
+        )
         if complete:
             (folder / "COMPLETE").write_text("")
     assert load_run(run).tokens_per_step == 128
 
 
 def test_importing_the_report_imports_neither_torch_nor_matplotlib():
-    code = ("import sys, lmtrain.report, lmtrain.runlog; "
-            "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'lmtrain.cli') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    code = (
+        "import sys, lmtrain.report, lmtrain.runlog; "
+        "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'lmtrain.cli') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -209,8 +282,13 @@ def test_unusable_run_is_one_clear_error(tmp_path, case):
         cmd_report([str(run), "--out", str(tmp_path / "out")])
     message = str(info.value)
     assert "\n" not in message and str(run) in message
-    assert {"no_dir": "no such run directory", "no_log": "has no log.jsonl", "empty_log": "is empty",
-            "blank_lines": "is empty", "no_curves": "no training or evaluation records"}[case] in message
+    assert {
+        "no_dir": "no such run directory",
+        "no_log": "has no log.jsonl",
+        "empty_log": "is empty",
+        "blank_lines": "is empty",
+        "no_curves": "no training or evaluation records",
+    }[case] in message
     assert not (tmp_path / "out").exists()
 
 
@@ -284,8 +362,11 @@ def test_same_directory_names_get_distinct_labels(tmp_path, mpl):
 
 
 def test_resumed_run_report(tmp_path, mpl):
-    records = [train_record(s, loss=9.0) for s in (5, 10, 15, 20, 25)] \
-        + [train_record(s, loss=1.0) for s in (25, 30, 35, 40)] + [summary_record(40)]
+    records = (
+        [train_record(s, loss=9.0) for s in (5, 10, 15, 20, 25)]
+        + [train_record(s, loss=1.0) for s in (25, 30, 35, 40)]
+        + [summary_record(40)]
+    )
     run = make_run(tmp_path, "resumed", records=records, evals=False)
     loaded = load_run(run)
     assert [r["step"] for r in loaded.train] == [5, 10, 15, 20, 25, 30, 35, 40]
@@ -323,10 +404,22 @@ def test_page_renders_in_headless_chromium(tmp_path, mpl):
     b = make_run(tmp_path, "run_b", lr=1e-3)
     page = build_report([a, b], tmp_path / "report")
     shot = tmp_path / "shot.png"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
-           page.resolve().as_uri()]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,1600",
+        page.resolve().as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert shot.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
     assert png_size(shot) == (1200, 1600)
@@ -338,6 +431,6 @@ def test_page_renders_in_headless_chromium(tmp_path, mpl):
     assert (flat != flat[0]).any(axis=1).mean() > 0.05, "the screenshot is (nearly) one colour"
     # the figures were decoded from their data: URIs: matplotlib's first two line colours are on screen
     for hex_colour in ("#1f77b4", "#ff7f0e"):
-        rgb = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
         near = (abs(flat - rgb) < 0.06).all(axis=1).sum()
         assert near > 200, f"hardly any {hex_colour} pixels: the figures did not render"

@@ -44,13 +44,18 @@ MAX_STEPS = 10  # not an epoch end: resuming a finished run must not start anoth
 STEPS_PER_EPOCH = 4  # checked against the run's own summary line
 SAVE_STEPS = 2
 GPT2 = ["--config_overrides", "n_layer=2,n_embd=32,n_head=2"]
-BERT = ["--mlm", "--model_type", "bert", "--config_overrides",
-        "num_hidden_layers=2,hidden_size=32,num_attention_heads=2,intermediate_size=64"]
+BERT = [
+    "--mlm",
+    "--model_type",
+    "bert",
+    "--config_overrides",
+    "num_hidden_layers=2,hidden_size=32,num_attention_heads=2,intermediate_size=64",
+]
 RUN_TIMEOUT = 300
 
 # ---- running lmtrain in processes that can be SIGKILLed ------------------------------------------
 
-_FORK_SERVER = textwrap.dedent(r'''
+_FORK_SERVER = textwrap.dedent(r"""
     import json, os, sys, traceback
     sys.path.insert(0, sys.argv[1])
     import torch, transformers                                   # the slow imports, paid once
@@ -92,14 +97,15 @@ _FORK_SERVER = textwrap.dedent(r'''
             flags = 0 if req["block"] else os.WNOHANG
             pid, status = os.waitpid(req["pid"], flags)
             reply({"code": None if pid == 0 else os.waitstatus_to_exitcode(status)})
-''')
+""")
 
 
 class Run:
     """One lmtrain process: poll, wait, SIGKILL; stdout+stderr go to a file."""
 
-    def __init__(self, server: Optional["ForkServer"], pid: int, log: Path,
-                 popen: Optional[subprocess.Popen] = None) -> None:
+    def __init__(
+        self, server: Optional["ForkServer"], pid: int, log: Path, popen: Optional[subprocess.Popen] = None
+    ) -> None:
         self.server, self.pid, self.log, self.popen = server, pid, log, popen
         self.code: Optional[int] = None
 
@@ -132,8 +138,14 @@ class Run:
 
 class ForkServer:
     def __init__(self, env: Dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _FORK_SERVER, str(SRC)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER, str(SRC)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
         assert self._read().get("ready")
 
     def _read(self) -> dict:
@@ -164,8 +176,14 @@ class PopenStarter:
 
     def start(self, argv: List[str], cwd: Path, log: Path) -> Run:
         f = open(log, "w")
-        popen = subprocess.Popen([sys.executable, "-m", "lmtrain", *argv], cwd=cwd, env=self.env, stdout=f,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "lmtrain", *argv],
+            cwd=cwd,
+            env=self.env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         f.close()
         return Run(None, popen.pid, log, popen)
 
@@ -186,13 +204,48 @@ class Env:
         self._n = 0
 
     def argv(self, out: Path, mlm: bool, workers: int, save_steps: int = SAVE_STEPS, keep: int = 3) -> List[str]:
-        return ["train", "--train_file", str(self.train_file), "--tokenizer_name", str(self.tokenizer),
-                "--cache_dir", str(self.cache), "--output_dir", str(out), *(BERT if mlm else GPT2),
-                "--block_size", "32", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
-                "--max_steps", str(MAX_STEPS), "--logging_steps", "1", "--save_strategy", "steps",
-                "--save_steps", str(save_steps), "--save_total_limit", str(keep), "--learning_rate", "3e-3",
-                "--validation_split_percentage", "0", "--eval_strategy", "no", "--dataloader_num_workers",
-                str(workers), "--seed", "7", "--report_to", "none", "--disable_tqdm", "true"]
+        return [
+            "train",
+            "--train_file",
+            str(self.train_file),
+            "--tokenizer_name",
+            str(self.tokenizer),
+            "--cache_dir",
+            str(self.cache),
+            "--output_dir",
+            str(out),
+            *(BERT if mlm else GPT2),
+            "--block_size",
+            "32",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "2",
+            "--max_steps",
+            str(MAX_STEPS),
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            str(save_steps),
+            "--save_total_limit",
+            str(keep),
+            "--learning_rate",
+            "3e-3",
+            "--validation_split_percentage",
+            "0",
+            "--eval_strategy",
+            "no",
+            "--dataloader_num_workers",
+            str(workers),
+            "--seed",
+            "7",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
 
     def start(self, argv: List[str]) -> Run:
         self._n += 1
@@ -231,9 +284,16 @@ def env(tmp_path_factory):
     lines = (SAMPLE / "sonnets.txt").read_text(encoding="utf-8").splitlines(keepends=True)
     (root / "train.txt").write_text("".join(lines[:38]), encoding="utf-8")
 
-    run_env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                   TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    run_env = dict(
+        os.environ,
+        PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        TRANSFORMERS_VERBOSITY="error",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
     starter = PopenStarter(run_env) if os.environ.get("LMTRAIN_RESUME_TEST_POPEN") else ForkServer(run_env)
     e = Env(root, starter)
     try:
@@ -267,14 +327,17 @@ def checkpoints(out: Path) -> Dict[int, Path]:
     found = {}
     if out.is_dir():
         for p in out.iterdir():
-            if p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit():
-                found[int(p.name[len("checkpoint-"):])] = p
+            if p.name.startswith("checkpoint-") and p.name[len("checkpoint-") :].isdigit():
+                found[int(p.name[len("checkpoint-") :])] = p
     return found
 
 
 def saves_in_progress(out: Path) -> List[str]:
-    return [p.name for p in out.iterdir() if p.name.startswith(".checkpoint-") or ".old-" in p.name] \
-        if out.is_dir() else []
+    return (
+        [p.name for p in out.iterdir() if p.name.startswith(".checkpoint-") or ".old-" in p.name]
+        if out.is_dir()
+        else []
+    )
 
 
 def assert_usable_checkpoint(path: str) -> int:
@@ -284,8 +347,17 @@ def assert_usable_checkpoint(path: str) -> int:
 
     p = Path(path)
     names = {x.name for x in p.iterdir()}
-    need = {"COMPLETE", "config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
-            "trainer_state.json", "training_args.json", "tokenizer.json"}
+    need = {
+        "COMPLETE",
+        "config.json",
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "training_args.json",
+        "tokenizer.json",
+    }
     assert need <= names, f"{p} lacks {sorted(need - names)}"
     assert load_file(str(p / "model.safetensors"))
     assert torch.load(p / "optimizer.pt", map_location="cpu", weights_only=False)["state"]

@@ -11,9 +11,11 @@ from lmtrain.runlog import LOG_NAME, RunLog, make_record, read_log, read_run_log
 def test_write_read_round_trip(tmp_path):
     out = tmp_path / "run"  # created by the first write
     log = RunLog(out)
-    written = [log.log(1, 0.01, {"loss": 4.5, "learning_rate": 1e-3}),
-               log.log(2, 0.02, {"eval_loss": 4.2}),
-               log.log(2, 0.02, {"train_runtime": 1.5, "train_loss": 4.4})]
+    written = [
+        log.log(1, 0.01, {"loss": 4.5, "learning_rate": 1e-3}),
+        log.log(2, 0.02, {"eval_loss": 4.2}),
+        log.log(2, 0.02, {"train_runtime": 1.5, "train_loss": 4.4}),
+    ]
     records, bad = read_log(out / LOG_NAME)
     assert bad == 0 and records == written
     assert [list(r)[:3] for r in records] == [["step", "epoch", "time"]] * 3
@@ -60,17 +62,22 @@ def test_a_complete_file_gets_no_extra_newline(tmp_path):
 
 def test_bad_lines_are_counted_blank_lines_are_not(tmp_path):
     path = tmp_path / LOG_NAME
-    path.write_text("\n".join([
-        '{"step": 1, "loss": 2.0}',
-        "",                                  # blank: neither
-        "   ",                               # blank: neither
-        '{"step": 2, "lo',                   # cut short
-        "[1, 2, 3]",                         # JSON but not an object
-        '{"loss": 1.0}',                     # an object without a step
-        '{"step": "3", "loss": 1.0}',        # a step that is not a number
-        "not json at all",
-        '{"step": 4.0, "loss": 1.5}',
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                '{"step": 1, "loss": 2.0}',
+                "",  # blank: neither
+                "   ",  # blank: neither
+                '{"step": 2, "lo',  # cut short
+                "[1, 2, 3]",  # JSON but not an object
+                '{"loss": 1.0}',  # an object without a step
+                '{"step": "3", "loss": 1.0}',  # a step that is not a number
+                "not json at all",
+                '{"step": 4.0, "loss": 1.5}',
+            ]
+        )
+        + "\n"
+    )
     records, bad = read_log(path)
     assert [r["step"] for r in records] == [1, 4.0]
     assert bad == 5

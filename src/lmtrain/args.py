@@ -48,8 +48,10 @@ def _installed_enum(name: str, fallback: List[str]) -> type:
     return Enum(name, {v.upper(): v for v in values}, type=str, module=__name__)
 
 
-SchedulerType = _installed_enum("SchedulerType", ["linear", "cosine", "cosine_with_restarts", "polynomial",
-                                                  "constant", "constant_with_warmup", "inverse_sqrt"])
+SchedulerType = _installed_enum(
+    "SchedulerType",
+    ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"],
+)
 OptimizerNames = _installed_enum("OptimizerNames", ["adamw_torch", "adamw_torch_fused", "sgd", "adagrad"])
 
 
@@ -350,7 +352,9 @@ class TrainingArguments:
             raise ConfigError(f"nan_policy={self.nan_policy!r} is not one of stop, skip, ignore; pick one of those.")
         unknown = set(self.report_to) - {"all", "tensorboard", "wandb", "mlflow", "jsonl"}
         if unknown:
-            raise ConfigError(f"report_to has unknown targets {sorted(unknown)}; use none, all, tensorboard, wandb or mlflow.")
+            raise ConfigError(
+                f"report_to has unknown targets {sorted(unknown)}; use none, all, tensorboard, wandb or mlflow."
+            )
 
     # ---- derived values used by the trainer -------------------------------------------------
 
@@ -410,23 +414,28 @@ class TrainingArguments:
         if getattr(self, "activation_checkpointing", None):  # transformers 5's name for it
             self.gradient_checkpointing = True
             self.gradient_checkpointing_kwargs = self.gradient_checkpointing_kwargs or getattr(
-                self, "activation_checkpointing_kwargs", None)
+                self, "activation_checkpointing_kwargs", None
+            )
         self.gradient_checkpointing = bool(self.gradient_checkpointing)
         if getattr(self, "torch_compile_mode", None) or getattr(self, "torch_compile_backend", None):
             self.torch_compile = True  # transformers: setting either turns compilation on
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
         if self.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
-            raise ConfigError(f"train_sampling_strategy={self.train_sampling_strategy!r} is not one of random, "
-                              f"sequential, group_by_length; pick one of those.")
+            raise ConfigError(
+                f"train_sampling_strategy={self.train_sampling_strategy!r} is not one of random, "
+                f"sequential, group_by_length; pick one of those."
+            )
         self.include_for_metrics = list(getattr(self, "include_for_metrics", None) or [])
         # transformers 4.x's older spellings of fields lmtrain declares under their newer names
         if getattr(self, "include_inputs_for_metrics", False) and "inputs" not in self.include_for_metrics:
             self.include_for_metrics.append("inputs")
         if getattr(self, "no_cuda", False):
             self.use_cpu = True
-        for old, new in (("per_gpu_train_batch_size", "per_device_train_batch_size"),
-                         ("per_gpu_eval_batch_size", "per_device_eval_batch_size")):
+        for old, new in (
+            ("per_gpu_train_batch_size", "per_device_train_batch_size"),
+            ("per_gpu_eval_batch_size", "per_device_eval_batch_size"),
+        ):
             if getattr(self, old, None):
                 setattr(self, new, getattr(self, old))
         if getattr(self, "adafactor", False):
@@ -533,8 +542,17 @@ def no_effect_reason(name: str) -> str:
 
 # transformers 4.x fields that are older spellings of declared ones (read in _normalise_transformers_fields),
 # and include_tokens_per_second (lmtrain always reports tokens per second).
-ALIASES = frozenset({"include_inputs_for_metrics", "no_cuda", "per_gpu_train_batch_size", "per_gpu_eval_batch_size",
-                     "adafactor", "torchdynamo", "include_tokens_per_second"})
+ALIASES = frozenset(
+    {
+        "include_inputs_for_metrics",
+        "no_cuda",
+        "per_gpu_train_batch_size",
+        "per_gpu_eval_batch_size",
+        "adafactor",
+        "torchdynamo",
+        "include_tokens_per_second",
+    }
+)
 
 
 def undeclared_fields(names: Any) -> List[str]:
@@ -560,6 +578,7 @@ def _add_transformers_fields(cls: type) -> type:
 
 TrainingArguments = _add_transformers_fields(TrainingArguments)
 IMPLEMENTED_HF_FIELDS = frozenset(
-    name for name in TrainingArguments.__dict__.get("__annotations__", {})
+    name
+    for name in TrainingArguments.__dict__.get("__annotations__", {})
     if name in hf_training_fields() and (name in _LMTRAIN_DECLARED or name in ALIASES)
 )

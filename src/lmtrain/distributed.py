@@ -156,7 +156,9 @@ def setup_runtime(args: Any) -> Runtime:
     return rt
 
 
-def wrap_model(model: torch.nn.Module, rt: Runtime, args: Any = None, compile: Optional[bool] = None) -> torch.nn.Module:
+def wrap_model(
+    model: torch.nn.Module, rt: Runtime, args: Any = None, compile: Optional[bool] = None
+) -> torch.nn.Module:
     """The module the loop trains: compiled when asked, DDP-wrapped under torchrun.
 
     `args` supplies torch_compile(_mode, _backend) and the ddp_* options of TrainingArguments.
@@ -171,10 +173,12 @@ def wrap_model(model: torch.nn.Module, rt: Runtime, args: Any = None, compile: O
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
-    ddp = {"find_unused_parameters": getattr(args, "ddp_find_unused_parameters", None),
-           "bucket_cap_mb": getattr(args, "ddp_bucket_cap_mb", None),
-           "broadcast_buffers": getattr(args, "ddp_broadcast_buffers", None),
-           "static_graph": getattr(args, "ddp_static_graph", None)}
+    ddp = {
+        "find_unused_parameters": getattr(args, "ddp_find_unused_parameters", None),
+        "bucket_cap_mb": getattr(args, "ddp_bucket_cap_mb", None),
+        "broadcast_buffers": getattr(args, "ddp_broadcast_buffers", None),
+        "static_graph": getattr(args, "ddp_static_graph", None),
+    }
     return DistributedDataParallel(model, device_ids=ids, **{k: v for k, v in ddp.items() if v is not None})
 
 
@@ -209,8 +213,7 @@ def full_state_dicts(model: torch.nn.Module, optimizer: Any, rt: Runtime) -> tup
     """
     if not getattr(rt, "fsdp", False):
         return None, None
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
@@ -220,8 +223,7 @@ def full_state_dicts(model: torch.nn.Module, optimizer: Any, rt: Runtime) -> tup
 
 def load_full_state_dicts(model: torch.nn.Module, optimizer: Any, model_sd: Any, optim_sd: Any, rt: Runtime) -> None:
     """Scatter full state dicts (read on every rank from the checkpoint) into an FSDP model and optimizer."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True)
     if model_sd is not None:

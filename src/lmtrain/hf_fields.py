@@ -58,8 +58,11 @@ def hf_enums() -> Dict[str, List[str]]:
             values = [
                 stmt.value.value
                 for stmt in node.body
-                if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
-                and isinstance(stmt.value.value, str) and stmt.targets and isinstance(stmt.targets[0], ast.Name)
+                if isinstance(stmt, ast.Assign)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+                and stmt.targets
+                and isinstance(stmt.targets[0], ast.Name)
                 and stmt.targets[0].id.isupper()
             ]
             if values:
@@ -75,8 +78,12 @@ def _enum_member(node: ast.AST) -> Any:
             for cls in tree.body if tree else []:
                 if isinstance(cls, ast.ClassDef) and cls.name == node.value.id:
                     for stmt in cls.body:
-                        if (isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)
-                                and stmt.targets[0].id == node.attr and isinstance(stmt.value, ast.Constant)):
+                        if (
+                            isinstance(stmt, ast.Assign)
+                            and isinstance(stmt.targets[0], ast.Name)
+                            and stmt.targets[0].id == node.attr
+                            and isinstance(stmt.value, ast.Constant)
+                        ):
                             return stmt.value.value
     raise ValueError("not an enum member")
 
@@ -133,8 +140,9 @@ def _call_keywords(node: ast.AST) -> Tuple[Dict[str, ast.AST], bool]:
 def hf_training_fields() -> Dict[str, HfField]:
     """Every init field of the installed `transformers.TrainingArguments`, in declaration order."""
     tree = _parse("training_args.py")
-    cls = next((n for n in (tree.body if tree else []) if isinstance(n, ast.ClassDef)
-                and n.name == "TrainingArguments"), None)
+    cls = next(
+        (n for n in (tree.body if tree else []) if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments"), None
+    )
     out: Dict[str, HfField] = {}
     for stmt in cls.body if cls else []:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):

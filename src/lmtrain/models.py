@@ -14,8 +14,13 @@ from .errors import ConfigError
 # What "a small model" means when training from scratch with no --config_overrides.
 SMALL_CONFIGS: Dict[str, Dict[str, Any]] = {
     "gpt2": {"n_layer": 4, "n_embd": 256, "n_head": 4},
-    "llama": {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 688, "num_attention_heads": 4,
-              "num_key_value_heads": 4},
+    "llama": {
+        "num_hidden_layers": 4,
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+    },
     "bert": {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4},
     "roberta": {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4},
 }
@@ -56,18 +61,21 @@ def load_tokenizer(name_or_path: str, use_fast: bool = True, revision: str = "ma
     return AutoTokenizer.from_pretrained(name_or_path, use_fast=use_fast, revision=revision)
 
 
-def build_config(model_type: str, tokenizer: Any, block_size: int, overrides: Dict[str, Any],
-                 config_name: Optional[str] = None) -> Any:
+def build_config(
+    model_type: str, tokenizer: Any, block_size: int, overrides: Dict[str, Any], config_name: Optional[str] = None
+) -> Any:
     """A config for training from scratch, sized to the tokenizer and long enough for block_size."""
-    from transformers import AutoConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     if config_name:
         config = AutoConfig.from_pretrained(_local_dir(config_name, "config"))
     else:
         if model_type not in CONFIG_MAPPING:
             close = [t for t in CONFIG_MAPPING.keys() if t.startswith(model_type[:3])][:5]
-            raise ConfigError(f"--model_type {model_type!r} is not a transformers model type; try "
-                              f"{', '.join(close) or 'gpt2, llama, bert'}.")
+            raise ConfigError(
+                f"--model_type {model_type!r} is not a transformers model type; try "
+                f"{', '.join(close) or 'gpt2, llama, bert'}."
+            )
         config = CONFIG_MAPPING[model_type](**SMALL_CONFIGS.get(model_type, {}))
     for key, value in overrides.items():
         if not hasattr(config, key):
@@ -106,20 +114,24 @@ def build_model(
     auto = AutoModelForMaskedLM if mlm else AutoModelForCausalLM
     if model_name_or_path:
         if config_overrides:
-            raise ConfigError("--config_overrides only applies when training from scratch; drop it or "
-                              "drop --model_name_or_path.")
+            raise ConfigError(
+                "--config_overrides only applies when training from scratch; drop it or drop --model_name_or_path."
+            )
         try:
             model = auto.from_pretrained(_local_dir(model_name_or_path, "model"), revision=revision)
         except ValueError as e:
             kind = "masked" if mlm else "causal"
-            raise ConfigError(f"{model_name_or_path} cannot be loaded as a {kind} LM ({str(e).splitlines()[0]}); "
-                              f"{'drop' if mlm else 'add'} --mlm or pick another model.") from e
+            raise ConfigError(
+                f"{model_name_or_path} cannot be loaded as a {kind} LM ({str(e).splitlines()[0]}); "
+                f"{'drop' if mlm else 'add'} --mlm or pick another model."
+            ) from e
         vocab = model.get_input_embeddings().num_embeddings
         if len(tokenizer) > vocab:
             model.resize_token_embeddings(len(tokenizer))
         return model
-    config = build_config(model_type or ("bert" if mlm else "gpt2"), tokenizer, block_size,
-                          parse_overrides(config_overrides), config_name)
+    config = build_config(
+        model_type or ("bert" if mlm else "gpt2"), tokenizer, block_size, parse_overrides(config_overrides), config_name
+    )
     torch.manual_seed(seed)
     try:
         try:  # PyTorch's fused attention kernels; models without them fall back to the default
@@ -128,8 +140,10 @@ def build_model(
             torch.manual_seed(seed)
             return auto.from_config(config)
     except ValueError as e:
-        raise ConfigError(f"--model_type {config.model_type} has no {'masked' if mlm else 'causal'} LM head "
-                          f"({str(e).splitlines()[0]}).") from e
+        raise ConfigError(
+            f"--model_type {config.model_type} has no {'masked' if mlm else 'causal'} LM head "
+            f"({str(e).splitlines()[0]})."
+        ) from e
 
 
 def max_positions(model: Any) -> Optional[int]:
@@ -143,8 +157,11 @@ def max_positions(model: Any) -> Optional[int]:
         value = getattr(config, key, None)
         if isinstance(value, int):
             # RoBERTa-style models reserve padding_idx+1 positions
-            offset = (config.pad_token_id + 1) if getattr(config, "model_type", "") in ("roberta", "xlm-roberta") \
-                and config.pad_token_id is not None else 0
+            offset = (
+                (config.pad_token_id + 1)
+                if getattr(config, "model_type", "") in ("roberta", "xlm-roberta") and config.pad_token_id is not None
+                else 0
+            )
             return value - offset
     return None
 
@@ -154,15 +171,24 @@ def apply_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: O
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
-        raise ConfigError("--lora_r needs the peft package: pip install peft (or pip install 'lmtrain[lora]').") from None
+        raise ConfigError(
+            "--lora_r needs the peft package: pip install peft (or pip install 'lmtrain[lora]')."
+        ) from None
     targets = [t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        task_type=None if mlm else TaskType.CAUSAL_LM)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type=None if mlm else TaskType.CAUSAL_LM,
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as e:
-        raise ConfigError(f"LoRA could not be applied ({str(e).splitlines()[0]}); pass --lora_target_modules "
-                          f"with names of this model's linear layers.") from e
+        raise ConfigError(
+            f"LoRA could not be applied ({str(e).splitlines()[0]}); pass --lora_target_modules "
+            f"with names of this model's linear layers."
+        ) from e
 
 
 def save_merged(model: Any, tokenizer: Any, out_dir: str) -> None:

@@ -227,8 +227,7 @@ class HfArgumentParser(argparse.ArgumentParser):
         richer = [a for a in args if a is not str] or [str]
         if len(richer) > 1:
             raise TypeError(
-                f"field {name!r} has type {tp}; the parser supports one type per field "
-                "(optionally with None or str)"
+                f"field {name!r} has type {tp}; the parser supports one type per field (optionally with None or str)"
             )
         base = richer[0]
         str_allowed = str in args and base is not str

@@ -23,8 +23,9 @@ def test_config_is_read_by_the_parsers_yaml_loader(tmp_path, monkeypatch):
     assert split_config(["--max_steps", "3"]) == (["--max_steps", "3"], {})
 
 
-@pytest.mark.parametrize("text, message", [("a: [1, 2\nb: 3\n", "is not valid YAML"),
-                                           ("- 1\n- 2\n", "must hold a mapping")])
+@pytest.mark.parametrize(
+    "text, message", [("a: [1, 2\nb: 3\n", "is not valid YAML"), ("- 1\n- 2\n", "must hold a mapping")]
+)
 def test_bad_config_is_one_line(tmp_path, text, message):
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(LmtrainError, match=message) as info:

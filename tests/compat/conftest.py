@@ -53,4 +53,6 @@ def transformers_major() -> int:
 # (not the predicted ones: 8/7 too many per row, whatever `loss_type` says), so its losses differ from the
 # token mean by that factor, and every comparison downstream of a loss (best metric, early stopping) moves.
 requires_transformers_5 = pytest.mark.skipif(
-    transformers_major() < 5, reason="compared with transformers 5's loss normalisation (4.x miscounts GPT-2's label tokens)")
+    transformers_major() < 5,
+    reason="compared with transformers 5's loss normalisation (4.x miscounts GPT-2's label tokens)",
+)

@@ -69,9 +69,18 @@ def test_fields_without_effect_are_named_at_start_up(tmp_path):
     assert warned, "the installed transformers has fields lmtrain does not act on"
     values = {name: _sample(hf_training_fields()[name].type, hf_training_fields()[name].default) for name in warned}
     args = TrainingArguments(output_dir=str(tmp_path), **values)
-    plan = RunPlan(batches_per_epoch=4, steps_per_epoch=4, total_steps=4, num_epochs=1, effective_batch=2,
-                   seq_len=8, logging_steps=1, eval_steps=None, save_steps=4,
-                   strategies={"logging": "steps", "eval": "no", "save": "steps"})
+    plan = RunPlan(
+        batches_per_epoch=4,
+        steps_per_epoch=4,
+        total_steps=4,
+        num_epochs=1,
+        effective_batch=2,
+        seq_len=8,
+        logging_steps=1,
+        eval_steps=None,
+        save_steps=4,
+        strategies={"logging": "steps", "eval": "no", "save": "steps"},
+    )
     text = describe_run(plan, args, torch.nn.Linear(2, 2), Runtime(device=torch.device("cpu")), None, [])
     for name in warned:
         assert f"{name} ({no_effect_reason(name)})" in text
@@ -83,7 +92,9 @@ def test_implemented_and_warned_partition_the_transformers_fields():
     warned = set(undeclared_fields(fields))
     assert IMPLEMENTED_HF_FIELDS | warned == fields and not IMPLEMENTED_HF_FIELDS & warned
     # what the README and the note say, for this transformers
-    print(f"\ntransformers fields: {len(fields)} accepted, {len(IMPLEMENTED_HF_FIELDS)} implemented, {len(warned)} warned")
+    print(
+        f"\ntransformers fields: {len(fields)} accepted, {len(IMPLEMENTED_HF_FIELDS)} implemented, {len(warned)} warned"
+    )
 
 
 def test_every_lmtrain_field_has_help_text():
@@ -94,9 +105,15 @@ def test_every_lmtrain_field_has_help_text():
 
 
 def test_transformers_spellings_are_normalised(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), lr_scheduler_kwargs='{"min_lr_rate": 0.1}',
-                             include_num_input_tokens_seen=True, activation_checkpointing=True,
-                             torch_compile_mode="reduce-overhead", group_by_length=True, warmup_steps=0.1)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        lr_scheduler_kwargs='{"min_lr_rate": 0.1}',
+        include_num_input_tokens_seen=True,
+        activation_checkpointing=True,
+        torch_compile_mode="reduce-overhead",
+        group_by_length=True,
+        warmup_steps=0.1,
+    )
     assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
     assert args.include_num_input_tokens_seen == "all"
     assert args.gradient_checkpointing and args.torch_compile
@@ -122,8 +139,10 @@ def test_push_to_hub_is_named_not_fatal(tmp_path, capsys):
     from lmtrain import Trainer
     from tests.conftest import tiny_gpt2
 
-    trainer = Trainer(model=tiny_gpt2(), args=TrainingArguments(output_dir=str(tmp_path), push_to_hub=True,
-                                                                hub_model_id="me/model", use_cpu=True))
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=TrainingArguments(output_dir=str(tmp_path), push_to_hub=True, hub_model_id="me/model", use_cpu=True),
+    )
     trainer.push_to_hub(commit_message="end of training")
     assert "not pushed (lmtrain runs without network)" in capsys.readouterr().err
 
@@ -133,7 +152,13 @@ def test_transformers_4_spellings_map_to_the_newer_fields(tmp_path):
     fields = hf_training_fields()
     if "per_gpu_train_batch_size" not in fields:
         pytest.skip("this transformers no longer has the 4.x spellings")
-    args = TrainingArguments(output_dir=str(tmp_path), per_gpu_train_batch_size=3, no_cuda=True, adafactor=True,
-                             include_inputs_for_metrics=True, torchdynamo="eager")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_gpu_train_batch_size=3,
+        no_cuda=True,
+        adafactor=True,
+        include_inputs_for_metrics=True,
+        torchdynamo="eager",
+    )
     assert args.per_device_train_batch_size == 3 and args.use_cpu and args.optim == "adafactor"
     assert args.include_for_metrics == ["inputs"] and args.torch_compile and args.torch_compile_backend == "eager"

@@ -32,15 +32,35 @@ def blocks(n: int = 16, length: int = 16, vocab: int = 64, seed: int = 0):
 
 
 def hf_args(out, **kw):
-    base = dict(output_dir=str(out), report_to="none", use_cpu=True, save_steps=2, max_steps=4,
-                per_device_train_batch_size=2, logging_steps=1, learning_rate=5e-3, disable_tqdm=True, seed=1)
+    base = dict(
+        output_dir=str(out),
+        report_to="none",
+        use_cpu=True,
+        save_steps=2,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        learning_rate=5e-3,
+        disable_tqdm=True,
+        seed=1,
+    )
     base.update(kw)
     return transformers.TrainingArguments(**base)
 
 
 def lm_args(out, **kw):
-    base = dict(output_dir=str(out), report_to="none", use_cpu=True, save_steps=2, max_steps=4,
-                per_device_train_batch_size=2, logging_steps=1, learning_rate=5e-3, disable_tqdm=True, seed=1)
+    base = dict(
+        output_dir=str(out),
+        report_to="none",
+        use_cpu=True,
+        save_steps=2,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        learning_rate=5e-3,
+        disable_tqdm=True,
+        seed=1,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -49,8 +69,16 @@ def tiny_bert(seed: int = 0):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
-    return BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, max_position_embeddings=32))
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        )
+    )
 
 
 class Snapshot:
@@ -112,8 +140,10 @@ def test_lmtrain_resumes_a_transformers_checkpoint(tmp_path):
     src = tmp_path / "hf" / "checkpoint-2"
     assert (src / "rng_state.pth").is_file() and not (src / ckpt.MARKER).exists()
     assert ckpt.is_complete(str(src))
-    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "hf"))] == ["checkpoint-2",
-                                                                                          "checkpoint-4"]
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "hf"))] == [
+        "checkpoint-2",
+        "checkpoint-4",
+    ]
 
     snap = Snapshot()
     ours = Trainer(model=tiny_gpt2(seed=99), args=lm_args(tmp_path / "ours"), train_dataset=data, callbacks=[snap])
@@ -133,8 +163,9 @@ def test_lmtrain_resumes_a_transformers_checkpoint(tmp_path):
     assert snap.lr[3] != snap.lr[4]
     # the data position was derived as transformers derives it
     state = TrainState()
-    ckpt.load_training_state(str(src), optimizer=None, scheduler=None, scaler=None, state=state,
-                             steps_per_epoch=8, grad_accum=2)
+    ckpt.load_training_state(
+        str(src), optimizer=None, scheduler=None, scaler=None, state=state, steps_per_epoch=8, grad_accum=2
+    )
     assert (state.data_epoch, state.batches_in_epoch, state.window_steps) == (0, 4, 0)
     assert state.train_loss_sum == pytest.approx(sum(r["loss"] for r in state.log_history if "loss" in r))
 
@@ -144,8 +175,17 @@ def test_transformers_resumes_an_lmtrain_checkpoint(tmp_path):
     ours = Trainer(model=tiny_gpt2(), args=lm_args(tmp_path / "ours"), train_dataset=data)
     ours.train()
     src = tmp_path / "ours" / "checkpoint-2"
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
-                 "trainer_state.json", "lmtrain_state.json", "training_args.json", ckpt.MARKER):
+    for name in (
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "training_args.bin",
+        "trainer_state.json",
+        "lmtrain_state.json",
+        "training_args.json",
+        ckpt.MARKER,
+    ):
         assert (src / name).is_file(), name
     saved = json.loads((src / "trainer_state.json").read_text())
     assert not set(LMTRAIN_FIELDS) & set(saved)
@@ -156,8 +196,9 @@ def test_transformers_resumes_an_lmtrain_checkpoint(tmp_path):
     assert get_last_checkpoint(str(tmp_path / "ours")) == str(tmp_path / "ours" / "checkpoint-4")
 
     snap = HFSnapshot()
-    hf = transformers.Trainer(model=tiny_gpt2(seed=99), args=hf_args(tmp_path / "hf"), train_dataset=data,
-                              callbacks=[snap])
+    hf = transformers.Trainer(
+        model=tiny_gpt2(seed=99), args=hf_args(tmp_path / "hf"), train_dataset=data, callbacks=[snap]
+    )
     hf.train(resume_from_checkpoint=str(src))
     assert snap.step == 2 and hf.state.global_step == 4
     assert hf.lr_scheduler.last_epoch == 4  # the schedule continued from step 2, not from 0
@@ -173,8 +214,9 @@ def test_trainer_state_json_holds_exactly_transformers_fields(tmp_path):
     assert transformers.TrainerState.load_from_json(str(tmp_path / "s.json")).trial_params == {"lr": 0.1}
     # any extra or missing key loads: transformers' files, older lmtrain's, a future version's
     back = TrainState()
-    back.load_state_dict({"global_step": 7, "log_history": None, "stateful_callbacks": None, "unknown": 1,
-                          "data_epoch": 2})
+    back.load_state_dict(
+        {"global_step": 7, "log_history": None, "stateful_callbacks": None, "unknown": 1, "data_epoch": 2}
+    )
     assert (back.global_step, back.data_epoch, back.log_history, back.stateful_callbacks) == (7, 2, [], {})
 
 
@@ -229,18 +271,26 @@ def test_tied_weights_load_for_bert_and_gpt2_single_and_sharded(tmp_path):
 
 
 def test_bert_mlm_save_and_resume(tmp_path):
-    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate(["[PAD]", "[MASK]", "[CLS]", "[SEP]", "[UNK]"] + [f"w{i}" for i in range(59)])}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
-                                        pad_token="[PAD]", mask_token="[MASK]", unk_token="[UNK]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        unk_token="[UNK]",
+    )
     data = [{"input_ids": r["input_ids"] % 59 + 5} for r in blocks(n=8)]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.3)
     full = Trainer(model=tiny_bert(), args=lm_args(tmp_path / "a"), train_dataset=data, data_collator=collator)
     full.train()
-    resumed = Trainer(model=tiny_bert(seed=3), args=lm_args(tmp_path / "a", overwrite_output_dir=True),
-                      train_dataset=data, data_collator=collator)
+    resumed = Trainer(
+        model=tiny_bert(seed=3),
+        args=lm_args(tmp_path / "a", overwrite_output_dir=True),
+        train_dataset=data,
+        data_collator=collator,
+    )
     assert resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2")).global_step == 4
     for p, q in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
@@ -276,8 +326,9 @@ def test_declared_tied_suffixes_of_transformers_4(tmp_path):
 
 def test_foreign_checkpoints_are_found_rotated_and_never_cleaned_up(tmp_path):
     data = blocks(n=8)
-    transformers.Trainer(model=tiny_gpt2(), args=hf_args(tmp_path, max_steps=2, save_steps=1),
-                         train_dataset=data).train()
+    transformers.Trainer(
+        model=tiny_gpt2(), args=hf_args(tmp_path, max_steps=2, save_steps=1), train_dataset=data
+    ).train()
     os.makedirs(tmp_path / "checkpoint-9")  # marker-less and empty: neither usable nor deleted
     os.makedirs(tmp_path / ".checkpoint-3.tmp-77")  # lmtrain's killed build dir
     assert [os.path.basename(p) for p in ckpt.remove_incomplete(str(tmp_path))] == [".checkpoint-3.tmp-77"]
@@ -287,8 +338,9 @@ def test_foreign_checkpoints_are_found_rotated_and_never_cleaned_up(tmp_path):
     refusing.refuse_existing_checkpoints = True  # as the CLI does: foreign checkpoints count as existing ones
     with pytest.raises(LmtrainError, match="already holds checkpoints"):
         refusing.train()
-    ours = Trainer(model=tiny_gpt2(), args=lm_args(tmp_path, max_steps=3, save_steps=1, save_total_limit=2),
-                   train_dataset=data)
+    ours = Trainer(
+        model=tiny_gpt2(), args=lm_args(tmp_path, max_steps=3, save_steps=1, save_total_limit=2), train_dataset=data
+    )
     assert ours.train(resume_from_checkpoint=True).global_step == 3
     assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == ["checkpoint-2", "checkpoint-3"]
     shutil.rmtree(tmp_path / "checkpoint-2")

@@ -27,17 +27,33 @@ def tiny_bert():
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    return BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, vocab_size=64, max_position_embeddings=64))
+    return BertForMaskedLM(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=64,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=2, vocab_size=64,
-                                        max_position_embeddings=64))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=64,
+            max_position_embeddings=64,
+        )
+    )
 
 
 AVAILABLE = [n for n in optimizer_names() if _missing_package(n) is None]
@@ -46,17 +62,21 @@ MISSING = [n for n in optimizer_names() if _missing_package(n) is not None]
 
 @pytest.mark.parametrize("name", AVAILABLE)
 def test_cls_and_kwargs_equal_transformers(tmp_path, name):
-    args = hf_args(tmp_path, optim=name, learning_rate=3e-4, weight_decay=0.05, adam_beta1=0.8,
-                   adam_beta2=0.95, adam_epsilon=1e-6)
+    args = hf_args(
+        tmp_path, optim=name, learning_rate=3e-4, weight_decay=0.05, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6
+    )
     model = tiny_gpt2()
     assert get_optimizer_cls_and_kwargs(args, model) == Trainer.get_optimizer_cls_and_kwargs(args, model)
 
 
-@pytest.mark.parametrize("name,optim_args", [
-    ("sgd", "momentum=0.9,nesterov=true,dampening=0"),
-    ("adagrad", "lr_decay=0.1, eps=1e-8"),
-    ("rmsprop", "alpha=0.9,centered=true,momentum=0.5"),
-])
+@pytest.mark.parametrize(
+    "name,optim_args",
+    [
+        ("sgd", "momentum=0.9,nesterov=true,dampening=0"),
+        ("adagrad", "lr_decay=0.1, eps=1e-8"),
+        ("rmsprop", "alpha=0.9,centered=true,momentum=0.5"),
+    ],
+)
 def test_optim_args_are_honoured_like_transformers(tmp_path, name, optim_args):
     if name not in AVAILABLE:
         pytest.skip(f"{name} is not in this transformers")
@@ -152,20 +172,24 @@ def test_optimizer_pt_moves_between_the_trainers(tmp_path):
 def test_build_optimizer_kernel_choice_by_device(tmp_path):
     plain = build_optimizer(tiny_gpt2(), SimpleNamespace(optim="adamw_torch", learning_rate=1e-3), CPU)
     assert isinstance(plain, torch.optim.AdamW) and plain.defaults["foreach"] and not plain.defaults["fused"]
-    cuda = build_optimizer(tiny_gpt2(), SimpleNamespace(optim="adamw_torch", learning_rate=1e-3),
-                           torch.device("cuda"))
+    cuda = build_optimizer(tiny_gpt2(), SimpleNamespace(optim="adamw_torch", learning_rate=1e-3), torch.device("cuda"))
     assert cuda.defaults["fused"]  # lmtrain fuses plain adamw_torch on CUDA
     fused = build_optimizer(tiny_gpt2(), SimpleNamespace(optim="adamw_torch_fused", learning_rate=1e-3), CPU)
     assert fused.defaults["fused"]
-    meta = build_optimizer(tiny_gpt2(), SimpleNamespace(optim="adamw_torch_fused", learning_rate=1e-3),
-                           torch.device("meta"))
+    meta = build_optimizer(
+        tiny_gpt2(), SimpleNamespace(optim="adamw_torch_fused", learning_rate=1e-3), torch.device("meta")
+    )
     assert meta.defaults["foreach"] and not meta.defaults["fused"]  # no fused kernel there
 
 
 def test_build_optimizer_with_given_cls_and_kwargs():
     model = tiny_gpt2()
-    opt = build_optimizer(model, SimpleNamespace(optim="adamw_torch", weight_decay=0.1), CPU,
-                          cls_and_kwargs=(torch.optim.SGD, {"lr": 0.5, "momentum": 0.9}))
+    opt = build_optimizer(
+        model,
+        SimpleNamespace(optim="adamw_torch", weight_decay=0.1),
+        CPU,
+        cls_and_kwargs=(torch.optim.SGD, {"lr": 0.5, "momentum": 0.9}),
+    )
     assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.9
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))

@@ -11,8 +11,8 @@ from lmtrain.training.optim import (
     build_scheduler,
     current_lr,
     is_plateau,
-    scheduler_names,
     scheduler_kwargs,
+    scheduler_names,
     warmup_steps,
 )
 
@@ -57,8 +57,13 @@ def _args(name, kwargs=None, warmup=WARMUP):
 def _pair(name, kwargs):
     ours_opt, theirs_opt = _optimizer(), _optimizer()
     ours = build_scheduler(ours_opt, _args(name, kwargs), TOTAL)
-    theirs = get_scheduler(name, theirs_opt, num_warmup_steps=WARMUP, num_training_steps=TOTAL,
-                           scheduler_specific_kwargs=dict(kwargs or {}))
+    theirs = get_scheduler(
+        name,
+        theirs_opt,
+        num_warmup_steps=WARMUP,
+        num_training_steps=TOTAL,
+        scheduler_specific_kwargs=dict(kwargs or {}),
+    )
     return (ours, ours_opt), (theirs, theirs_opt)
 
 
@@ -78,7 +83,7 @@ def test_learning_rates_equal_transformers(name, kwargs):
 def test_warmup_is_applied():
     (ours, opt), _ = _pair("linear", None)
     values = _sequence(ours, opt)
-    assert values[:WARMUP + 1] == pytest.approx([0.0, LR / 3, 2 * LR / 3, LR])
+    assert values[: WARMUP + 1] == pytest.approx([0.0, LR / 3, 2 * LR / 3, LR])
 
 
 def test_lr_scheduler_kwargs_as_json_string():
@@ -102,8 +107,10 @@ def test_warmup_steps_follow_the_installed_transformers(tmp_path):
     assert warmup_steps(SimpleNamespace(warmup_steps=0, warmup_ratio=0.1), 40) == 4
 
 
-@pytest.mark.parametrize("name,kwargs", [("linear", None), ("cosine_with_min_lr", {"min_lr_rate": 0.1}),
-                                         ("warmup_stable_decay", {"num_decay_steps": 6})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("linear", None), ("cosine_with_min_lr", {"min_lr_rate": 0.1}), ("warmup_stable_decay", {"num_decay_steps": 6})],
+)
 def test_state_dict_round_trips_through_scheduler_pt(tmp_path, name, kwargs):
     if name not in scheduler_names():
         pytest.skip(f"{name} is not in this transformers")

@@ -28,15 +28,32 @@ LIBS = ("hf", "lm")
 
 
 def _lib(lib):
-    return (transformers.Trainer, transformers.TrainingArguments) if lib == "hf" else \
-        (lmtrain.Trainer, lmtrain.TrainingArguments)
+    return (
+        (transformers.Trainer, transformers.TrainingArguments)
+        if lib == "hf"
+        else (lmtrain.Trainer, lmtrain.TrainingArguments)
+    )
 
 
 def make_args(lib, tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / lib), report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
-                learning_rate=1e-2, max_steps=3, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                logging_steps=1, save_strategy="no", train_sampling_strategy="sequential", optim="sgd",
-                max_grad_norm=1.0, lr_scheduler_type="constant", dataloader_num_workers=0)
+    base = dict(
+        output_dir=str(tmp_path / lib),
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        learning_rate=1e-2,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        logging_steps=1,
+        save_strategy="no",
+        train_sampling_strategy="sequential",
+        optim="sgd",
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        dataloader_num_workers=0,
+    )
     base.update(kw)
     return _lib(lib)[1](**base)
 
@@ -111,6 +128,7 @@ def assert_same_metrics(hf, lm, skip=(), atol=1e-6):
 
 # ---- 1. compute_loss overridden ------------------------------------------------------------------
 
+
 def _custom_ce(outputs, labels, scale=2.0):
     logits = outputs.logits[:, :-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
@@ -124,6 +142,7 @@ def _ce_loss_trainer(base):
             outputs = model(**inputs)
             loss = _custom_ce(outputs, labels)
             return (loss, outputs) if return_outputs else loss
+
     return CE
 
 
@@ -132,6 +151,7 @@ def _double_loss_trainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
             return (loss * 2, outputs) if return_outputs else loss * 2
+
     return Double
 
 
@@ -141,8 +161,15 @@ def test_compute_loss_override_trains_and_evaluates_like_transformers(tmp_path, 
     train, evald = lm_data(12), lm_data(10, seed=2)
 
     def run(lib):
-        t = make_trainer(lib, tmp_path, cls=make(_lib(lib)[0]), args_kw={"optim": optim},
-                         model=gpt2(), train_dataset=train, eval_dataset=evald)
+        t = make_trainer(
+            lib,
+            tmp_path,
+            cls=make(_lib(lib)[0]),
+            args_kw={"optim": optim},
+            model=gpt2(),
+            train_dataset=train,
+            eval_dataset=evald,
+        )
         return evaluate_train_evaluate(t)
 
     r = both(run)
@@ -159,8 +186,14 @@ def test_regression_training_with_accumulation(tmp_path, override):
 
     def run(lib):
         cls = _double_loss_trainer(_lib(lib)[0]) if override else None
-        t = make_trainer(lib, tmp_path, cls=cls, model=Regressor("vec"), train_dataset=data,
-                         args_kw={"gradient_accumulation_steps": 2, "max_steps": 2, "learning_rate": 0.1})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            cls=cls,
+            model=Regressor("vec"),
+            train_dataset=data,
+            args_kw={"gradient_accumulation_steps": 2, "max_steps": 2, "learning_rate": 0.1},
+        )
         t.train()
         return train_losses(t), [p.detach().clone() for p in t.model.parameters()]
 
@@ -172,6 +205,7 @@ def test_regression_training_with_accumulation(tmp_path, override):
 
 # ---- 2. compute_loss_func --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ga", [1, 2])
 def test_compute_loss_func_like_transformers(tmp_path, ga):
     train, evald = lm_data(12), lm_data(10, seed=2)
@@ -182,17 +216,26 @@ def test_compute_loss_func_like_transformers(tmp_path, ga):
     def loss_func(outputs, labels, num_items_in_batch=None):
         kinds[current].add(type(num_items_in_batch))
         logits = outputs["logits"][:, :-1].float()
-        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1).to(logits.device),
-                                ignore_index=-100, reduction="sum")
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            labels[:, 1:].reshape(-1).to(logits.device),
+            ignore_index=-100,
+            reduction="sum",
+        )
         return total / num_items_in_batch
 
     def run(lib):
         nonlocal current
         current = lib
-        t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
-                         compute_loss_func=loss_func,
-                         args_kw={"optim": "adamw_torch", "gradient_accumulation_steps": ga,
-                                  "per_device_train_batch_size": 4 // ga})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            model=gpt2(),
+            train_dataset=train,
+            eval_dataset=evald,
+            compute_loss_func=loss_func,
+            args_kw={"optim": "adamw_torch", "gradient_accumulation_steps": ga, "per_device_train_batch_size": 4 // ga},
+        )
         return evaluate_train_evaluate(t)
 
     r = both(run)
@@ -203,6 +246,7 @@ def test_compute_loss_func_like_transformers(tmp_path, ga):
 
 
 # ---- 3. overrides are called and used ----------------------------------------------------------------
+
 
 def _counting_trainer(base):
     class Counting(base):
@@ -227,8 +271,9 @@ def _counting_trainer(base):
         def create_scheduler(self, num_training_steps, optimizer=None):
             self._count("create_scheduler")
             if self.lr_scheduler is None:
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer,
-                                                                      lambda s: 1.0 / (s + 1))
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lambda s: 1.0 / (s + 1)
+                )
             return self.lr_scheduler
 
         def get_train_dataloader(self):
@@ -243,6 +288,7 @@ def _counting_trainer(base):
             self._count("log")
             self.seen = getattr(self, "seen", []) + [dict(logs)]
             super().log(logs, start_time)
+
     return Counting
 
 
@@ -250,9 +296,15 @@ def test_overrides_are_called_and_used(tmp_path):
     train, evald = lm_data(12), lm_data(10, seed=2)
 
     def run(lib):
-        t = make_trainer(lib, tmp_path, cls=_counting_trainer(_lib(lib)[0]), model=gpt2(),
-                         train_dataset=train, eval_dataset=evald,
-                         args_kw={"eval_strategy": "steps", "eval_steps": 3})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            cls=_counting_trainer(_lib(lib)[0]),
+            model=gpt2(),
+            train_dataset=train,
+            eval_dataset=evald,
+            args_kw={"eval_strategy": "steps", "eval_steps": 3},
+        )
         t.train()
         return t
 
@@ -261,8 +313,14 @@ def test_overrides_are_called_and_used(tmp_path):
     assert type(lm.optimizer) is torch.optim.SGD and lm.optimizer.defaults["lr"] == 0.05
     assert type(getattr(hf.optimizer, "optimizer", hf.optimizer)) is torch.optim.SGD  # accelerate wraps it
     assert isinstance(lm.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
-    for name in ("prediction_step", "create_optimizer", "create_scheduler", "get_train_dataloader",
-                 "training_step", "log"):
+    for name in (
+        "prediction_step",
+        "create_optimizer",
+        "create_scheduler",
+        "get_train_dataloader",
+        "training_step",
+        "log",
+    ):
         assert lm.calls.get(name) == hf.calls.get(name), (name, lm.calls, hf.calls)
     assert lm.calls["prediction_step"] == 3 and lm.calls["training_step"] == 3
     # the override saw every record, and the records are the history
@@ -281,12 +339,18 @@ def test_overrides_are_called_and_used(tmp_path):
 
 # ---- 4. optimizer_cls_and_kwargs ----------------------------------------------------------------
 
+
 def test_optimizer_cls_and_kwargs(tmp_path):
     train = lm_data(12)
 
     def run(lib):
-        t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train,
-                         optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.03, "momentum": 0.9}))
+        t = make_trainer(
+            lib,
+            tmp_path,
+            model=gpt2(),
+            train_dataset=train,
+            optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.03, "momentum": 0.9}),
+        )
         t.train()
         return t
 
@@ -299,6 +363,7 @@ def test_optimizer_cls_and_kwargs(tmp_path):
 
 
 # ---- 5. evaluate / predict: shapes, metrics, options ------------------------------------------------
+
 
 class Regressor(nn.Module):
     """One number per example; `shape` picks the prediction's shape: vec (B,), col (B, 1), squeeze (0-d at B=1)."""
@@ -360,15 +425,25 @@ class Recorder:
     def __call__(self, p, compute_result=None):
         preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
         labels = p.label_ids[0] if isinstance(p.label_ids, tuple) else p.label_ids
-        entry = {"predictions": _np(p.predictions), "label_ids": _np(p.label_ids), "inputs": _np(p.inputs),
-                 "losses": _np(p.losses), "compute_result": compute_result, "len": len(tuple(p))}
+        entry = {
+            "predictions": _np(p.predictions),
+            "label_ids": _np(p.label_ids),
+            "inputs": _np(p.inputs),
+            "losses": _np(p.losses),
+            "compute_result": compute_result,
+            "len": len(tuple(p)),
+        }
         self.seen.append(entry)
         if isinstance(preds, list):  # eval_do_concat_batches=False
-            preds, labels = np.concatenate([np.atleast_1d(a) for a in preds]), \
-                np.concatenate([np.atleast_1d(a) for a in labels])
+            preds, labels = (
+                np.concatenate([np.atleast_1d(a) for a in preds]),
+                np.concatenate([np.atleast_1d(a) for a in labels]),
+            )
         preds, labels = np.asarray(_np(preds), dtype=np.float64), np.asarray(_np(labels), dtype=np.float64)
-        return {"mse": float(((preds.reshape(-1)[: labels.size] - labels.reshape(-1)) ** 2).mean()),
-                "count": int(labels.size)}
+        return {
+            "mse": float(((preds.reshape(-1)[: labels.size] - labels.reshape(-1)) ** 2).mean()),
+            "count": int(labels.size),
+        }
 
 
 def _np(x):
@@ -384,8 +459,15 @@ def _np(x):
 def _eval_both(tmp_path, model_fn, data, args_kw=None, predict=False, **kw):
     def run(lib):
         rec = Recorder()
-        t = make_trainer(lib, tmp_path, model=model_fn(), compute_metrics=rec, eval_dataset=data,
-                         args_kw={"per_device_eval_batch_size": 4, **(args_kw or {})}, **kw)
+        t = make_trainer(
+            lib,
+            tmp_path,
+            model=model_fn(),
+            compute_metrics=rec,
+            eval_dataset=data,
+            args_kw={"per_device_eval_batch_size": 4, **(args_kw or {})},
+            **kw,
+        )
         out = t.predict(data) if predict else t.evaluate()
         return out, rec.seen
 
@@ -429,8 +511,9 @@ def test_evaluate_regression_shapes_and_metrics(tmp_path, shape, n):
 
 def test_predict_regression_batch_of_one_zero_d(tmp_path):
     data = reg_data(3)
-    r = _eval_both(tmp_path, lambda: Regressor("squeeze"), data, predict=True,
-                   args_kw={"per_device_eval_batch_size": 1})
+    r = _eval_both(
+        tmp_path, lambda: Regressor("squeeze"), data, predict=True, args_kw={"per_device_eval_batch_size": 1}
+    )
     hf, lm = r["hf"][0], r["lm"][0]
     assert_nested_equal(hf.predictions, lm.predictions)
     assert_nested_equal(hf.label_ids, lm.label_ids)
@@ -449,8 +532,11 @@ def test_predict_single_batch_zero_d(tmp_path):
 @pytest.mark.parametrize("variant", ["dict", "tuple_many", "dict_ignore"])
 def test_predict_structured_outputs(tmp_path, variant):
     data = reg_data(10)
-    model_fn = {"dict": lambda: Regressor("vec", out="dict"), "dict_ignore": lambda: Regressor("vec", out="dict"),
-                "tuple_many": lambda: Regressor("vec", extra=True)}[variant]
+    model_fn = {
+        "dict": lambda: Regressor("vec", out="dict"),
+        "dict_ignore": lambda: Regressor("vec", out="dict"),
+        "tuple_many": lambda: Regressor("vec", extra=True),
+    }[variant]
     ignore = ["aux"] if variant == "dict_ignore" else None
 
     def run(lib):
@@ -473,14 +559,18 @@ def test_predict_structured_outputs(tmp_path, variant):
     assert_same_metrics(r["hf"][1], r["lm"][1])
 
 
-@pytest.mark.parametrize("options", [
-    {"include_for_metrics": ["inputs", "loss"]},
-    {"eval_do_concat_batches": False},
-    {"eval_accumulation_steps": 2},
-    {"eval_accumulation_steps": 1, "eval_do_concat_batches": False},
-    {"batch_eval_metrics": True},
-    {"batch_eval_metrics": True, "include_for_metrics": ["loss"]},
-], ids=["include", "no_concat", "accum2", "accum1_no_concat", "batch_metrics", "batch_metrics_loss"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"include_for_metrics": ["inputs", "loss"]},
+        {"eval_do_concat_batches": False},
+        {"eval_accumulation_steps": 2},
+        {"eval_accumulation_steps": 1, "eval_do_concat_batches": False},
+        {"batch_eval_metrics": True},
+        {"batch_eval_metrics": True, "include_for_metrics": ["loss"]},
+    ],
+    ids=["include", "no_concat", "accum2", "accum1_no_concat", "batch_metrics", "batch_metrics_loss"],
+)
 @pytest.mark.parametrize("predict", [False, True], ids=["evaluate", "predict"])
 def test_eval_options(tmp_path, options, predict):
     data = reg_data(10)
@@ -498,15 +588,22 @@ def test_eval_options(tmp_path, options, predict):
 def test_eval_options_with_overridden_prediction_step(tmp_path):
     """The transformers route (prediction_step overridden) gives the same losses array and eval_loss too."""
     data = reg_data(10)
+
     def subclass(base):
         class P(base):
             def prediction_step(self, *a, **k):
                 return super().prediction_step(*a, **k)
+
         return P
 
     cls = {lib: subclass(_lib(lib)[0]) for lib in LIBS}
-    r = _eval_both(tmp_path, lambda: Regressor("vec"), data, cls=cls,
-                   args_kw={"include_for_metrics": ["inputs", "loss"], "eval_accumulation_steps": 2})
+    r = _eval_both(
+        tmp_path,
+        lambda: Regressor("vec"),
+        data,
+        cls=cls,
+        args_kw={"include_for_metrics": ["inputs", "loss"], "eval_accumulation_steps": 2},
+    )
     _compare_seen(r["hf"][1], r["lm"][1])
     assert_same_metrics(r["hf"][0], r["lm"][0])
 
@@ -519,12 +616,14 @@ def test_preprocess_logits_for_metrics(tmp_path):
         def pre(logits, labels):
             seen[lib].append((tuple(logits.shape), tuple(labels.shape)))
             return logits * 10
+
         return pre
 
     def run(lib):
         rec = Recorder()
-        t = make_trainer(lib, tmp_path, model=Regressor("vec"), compute_metrics=rec,
-                         preprocess_logits_for_metrics=make(lib))
+        t = make_trainer(
+            lib, tmp_path, model=Regressor("vec"), compute_metrics=rec, preprocess_logits_for_metrics=make(lib)
+        )
         return t.predict(data), rec.seen
 
     r = both(run)
@@ -543,8 +642,9 @@ def test_two_label_names(tmp_path):
     _compare_seen(r["hf"][1], r["lm"][1])
 
 
-@pytest.mark.parametrize("model_fn", [lambda: Regressor("vec"), lambda: Regressor("vec", out="dict"), gpt2],
-                         ids=["tuple", "dict", "gpt2"])
+@pytest.mark.parametrize(
+    "model_fn", [lambda: Regressor("vec"), lambda: Regressor("vec", out="dict"), gpt2], ids=["tuple", "dict", "gpt2"]
+)
 def test_predict_without_labels(tmp_path, model_fn):
     if model_fn is gpt2:
         data = [{"input_ids": r["input_ids"]} for r in lm_data(6)]
@@ -588,19 +688,31 @@ def test_causal_lm_predict_matches(tmp_path, hidden):
 
 # ---- 6. small helpers ------------------------------------------------------------------------------
 
+
 def test_small_helpers_equal_transformers(tmp_path):
     train = lm_data(10)
 
     def run(lib):
         model = tiny_gpt2()
         model.transformer.wte.weight.requires_grad_(False)
-        t = make_trainer(lib, tmp_path, model=model, train_dataset=train,
-                         args_kw={"optim": "adamw_torch", "weight_decay": 0.1, "adam_beta2": 0.95})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            model=model,
+            train_dataset=train,
+            args_kw={"optim": "adamw_torch", "weight_decay": 0.1, "adam_beta2": 0.95},
+        )
         loader = t.get_train_dataloader()
         batch = next(iter(loader))
         cls, kw = t.get_optimizer_cls_and_kwargs(t.args)
-        return (t.get_num_trainable_parameters(), t.num_examples(loader), t.floating_point_ops(batch),
-                t.floating_point_ops({"input_x": torch.zeros(2, 3)}), cls, kw)
+        return (
+            t.get_num_trainable_parameters(),
+            t.num_examples(loader),
+            t.floating_point_ops(batch),
+            t.floating_point_ops({"input_x": torch.zeros(2, 3)}),
+            cls,
+            kw,
+        )
 
     r = both(run)
     hf, lm = r["hf"], r["lm"]
@@ -633,19 +745,35 @@ def test_hyperparameter_search_optuna(tmp_path):
             def on_evaluate(self, args, state, control, **kwargs):
                 evals.append(state.global_step)
 
-        t = make_trainer(lib, tmp_path, model_init=lambda: gpt2(), train_dataset=train, eval_dataset=evald,
-                         callbacks=[CountEvals()],
-                         args_kw={"max_steps": 2, "save_strategy": "steps", "save_steps": 2,
-                                  "eval_strategy": "steps", "eval_steps": 2})
-        best = t.hyperparameter_search(hp_space=space, n_trials=2, direction="minimize", backend="optuna",
-                                       sampler=optuna.samplers.TPESampler(seed=0))
+        t = make_trainer(
+            lib,
+            tmp_path,
+            model_init=lambda: gpt2(),
+            train_dataset=train,
+            eval_dataset=evald,
+            callbacks=[CountEvals()],
+            args_kw={
+                "max_steps": 2,
+                "save_strategy": "steps",
+                "save_steps": 2,
+                "eval_strategy": "steps",
+                "eval_steps": 2,
+            },
+        )
+        best = t.hyperparameter_search(
+            hp_space=space,
+            n_trials=2,
+            direction="minimize",
+            backend="optuna",
+            sampler=optuna.samplers.TPESampler(seed=0),
+        )
         return t, best
 
     evals = {lib: [] for lib in LIBS}
     r = {lib: run(lib, evals[lib]) for lib in LIBS}
     # the objective is the evaluation during training: no second evaluation after it
     assert evals["lm"] == evals["hf"] == [2, 2]
-    for lib, (t, best) in r.items():
+    for lib, (_t, best) in r.items():
         assert best.run_id in ("0", "1")
         assert isinstance(best.objective, float) and math.isfinite(best.objective)
         assert set(best.hyperparameters) == {"learning_rate"}
@@ -671,6 +799,7 @@ def test_hyperparameter_search_errors(tmp_path, monkeypatch):
 
 # ---- 8. label smoothing ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ga", [1, 2])
 def test_label_smoothing_like_transformers(tmp_path, ga):
     # unmasked, equal-length evaluation rows: lmtrain's token-weighted eval_loss equals transformers' mean
@@ -678,9 +807,19 @@ def test_label_smoothing_like_transformers(tmp_path, ga):
     train, evald = lm_data(12, masked=True), lm_data(8, seed=2, masked=False)
 
     def run(lib):
-        t = make_trainer(lib, tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
-                         args_kw={"label_smoothing_factor": 0.1, "optim": "adamw_torch",
-                                  "gradient_accumulation_steps": ga, "per_device_train_batch_size": 4 // ga})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            model=gpt2(),
+            train_dataset=train,
+            eval_dataset=evald,
+            args_kw={
+                "label_smoothing_factor": 0.1,
+                "optim": "adamw_torch",
+                "gradient_accumulation_steps": ga,
+                "per_device_train_batch_size": 4 // ga,
+            },
+        )
         return evaluate_train_evaluate(t)
 
     r = both(run)
@@ -691,12 +830,19 @@ def test_label_smoothing_like_transformers(tmp_path, ga):
 
 # ---- 9. NEFTune ---------------------------------------------------------------------------------------
 
+
 def test_neftune_only_in_training(tmp_path):
     train, evald = lm_data(8), lm_data(8, seed=2)
 
     def run(alpha):
-        t = make_trainer("lm", tmp_path, model=gpt2(), train_dataset=train, eval_dataset=evald,
-                         args_kw={"neftune_noise_alpha": alpha, "max_steps": 2})
+        t = make_trainer(
+            "lm",
+            tmp_path,
+            model=gpt2(),
+            train_dataset=train,
+            eval_dataset=evald,
+            args_kw={"neftune_noise_alpha": alpha, "max_steps": 2},
+        )
         before = t.evaluate()["eval_loss"]
         t.train()
         hooks = dict(t.model.get_input_embeddings()._forward_hooks)
@@ -710,13 +856,14 @@ def test_neftune_only_in_training(tmp_path):
 
 # ---- 10. data order ---------------------------------------------------------------------------------
 
+
 def _order_trainer(base):
     class Order(base):
         def training_step(self, model, inputs, num_items_in_batch=None):
             mask = inputs["attention_mask"]
-            self.batches = getattr(self, "batches", []) + [
-                (inputs["input_ids"][:, 0].tolist(), mask.sum(-1).tolist())]
+            self.batches = getattr(self, "batches", []) + [(inputs["input_ids"][:, 0].tolist(), mask.sum(-1).tolist())]
             return super().training_step(model, inputs, num_items_in_batch)
+
     return Order
 
 
@@ -743,8 +890,15 @@ def test_sequential_reads_in_order(tmp_path):
     data = _var_data(16)
 
     def run(lib):
-        t = make_trainer(lib, tmp_path, cls=_order_trainer(_lib(lib)[0]), model=gpt2(), train_dataset=data,
-                         data_collator=_pad_collator, args_kw={"max_steps": 4})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            cls=_order_trainer(_lib(lib)[0]),
+            model=gpt2(),
+            train_dataset=data,
+            data_collator=_pad_collator,
+            args_kw={"max_steps": 4},
+        )
         t.train()
         return [b[0] for b in t.batches]
 
@@ -752,15 +906,22 @@ def test_sequential_reads_in_order(tmp_path):
     assert r["lm"] == r["hf"] == [list(range(i, i + 4)) for i in range(0, 16, 4)]
 
 
-@pytest.mark.parametrize("how", [{"train_sampling_strategy": "group_by_length"}, {"group_by_length": True}],
-                         ids=["strategy", "flag"])
+@pytest.mark.parametrize(
+    "how", [{"train_sampling_strategy": "group_by_length"}, {"group_by_length": True}], ids=["strategy", "flag"]
+)
 def test_group_by_length(tmp_path, how):
     data = _var_data(64)
 
     def spread(lib, kw):
-        t = make_trainer(lib, tmp_path, cls=_order_trainer(_lib(lib)[0]), model=gpt2(positions=64),
-                         train_dataset=data, data_collator=_pad_collator,
-                         args_kw={"max_steps": 16, "learning_rate": 1e-4, **kw})
+        t = make_trainer(
+            lib,
+            tmp_path,
+            cls=_order_trainer(_lib(lib)[0]),
+            model=gpt2(positions=64),
+            train_dataset=data,
+            data_collator=_pad_collator,
+            args_kw={"max_steps": 16, "learning_rate": 1e-4, **kw},
+        )
         t.train()
         ids = sorted(i for b in t.batches for i in b[0])
         assert ids == sorted(i % VOCAB for i in range(64))  # one epoch, every example once

@@ -14,15 +14,30 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import lmtrain  # noqa: E402
-from tests.compat.conftest import requires_transformers_5
+from tests.compat.conftest import requires_transformers_5  # noqa: E402
 from tests.conftest import tiny_gpt2  # noqa: E402
 
 pytestmark = requires_transformers_5
 
 LIBS = {"hf": transformers, "lm": lmtrain}
-EVENTS = ("on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
-          "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end", "on_step_end", "on_evaluate", "on_save",
-          "on_log", "on_prediction_step", "on_predict", "on_push_begin")
+EVENTS = (
+    "on_init_end",
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_step_begin",
+    "on_pre_optimizer_step",
+    "on_optimizer_step",
+    "on_substep_end",
+    "on_step_end",
+    "on_evaluate",
+    "on_save",
+    "on_log",
+    "on_prediction_step",
+    "on_predict",
+    "on_push_begin",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,16 +67,28 @@ def recorder(lib: Any, trainer_ref: Optional[list] = None) -> Any:
 
     def make(name: str):
         def handler(self, args, state, control, **kwargs):
-            self.events.append((name, state.global_step, control.should_log, control.should_evaluate,
-                                control.should_save, control.should_training_stop))
+            self.events.append(
+                (
+                    name,
+                    state.global_step,
+                    control.should_log,
+                    control.should_evaluate,
+                    control.should_save,
+                    control.should_training_stop,
+                )
+            )
             if name == "on_log":
                 self.logs.append((state.global_step, dict(kwargs["logs"])))
             if name == "on_evaluate":
                 self.metrics.append((state.global_step, dict(kwargs["metrics"])))
             if name == "on_train_begin" and trainer_ref:
-                early = [cb for cb in trainer_ref[0].callback_handler.callbacks
-                         if type(cb).__name__ == "EarlyStoppingCallback"]
+                early = [
+                    cb
+                    for cb in trainer_ref[0].callback_handler.callbacks
+                    if type(cb).__name__ == "EarlyStoppingCallback"
+                ]
                 self.counter_at_begin = early[0].early_stopping_patience_counter if early else None
+
         return handler
 
     for name in EVENTS:
@@ -76,14 +103,34 @@ def recorder(lib: Any, trainer_ref: Optional[list] = None) -> Any:
     return Recorder()
 
 
-def run(lib_name: str, tmp_path, *, callbacks=(), trainer_cls=None, resume=None, n_train: int = 16,
-        args_cls=None, out: Optional[str] = None, **kwargs: Any):
+def run(
+    lib_name: str,
+    tmp_path,
+    *,
+    callbacks=(),
+    trainer_cls=None,
+    resume=None,
+    n_train: int = 16,
+    args_cls=None,
+    out: Optional[str] = None,
+    **kwargs: Any,
+):
     """Build and train one Trainer of `lib_name` with the shared script; returns (trainer, recorder)."""
     lib = LIBS[lib_name]
-    defaults = dict(output_dir=out or str(tmp_path / lib_name), report_to="none", use_cpu=True, disable_tqdm=True,
-                    per_device_train_batch_size=2, per_device_eval_batch_size=4, learning_rate=1e-3, seed=0,
-                    train_sampling_strategy="sequential", save_strategy="no", logging_strategy="steps",
-                    logging_steps=1)
+    defaults = dict(
+        output_dir=out or str(tmp_path / lib_name),
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-3,
+        seed=0,
+        train_sampling_strategy="sequential",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+    )
     defaults.update(kwargs)
     args = (args_cls or lib.TrainingArguments)(**defaults)
     ref: list = []
@@ -95,8 +142,9 @@ def run(lib_name: str, tmp_path, *, callbacks=(), trainer_cls=None, resume=None,
     # ForCausalLMLoss; GPT2LMHeadModel's is None (it counts every label, 8/7 of the predicted tokens). lmtrain
     # always counts the predicted tokens, so name the loss to compare the same normalisation.
     model.loss_type = "ForCausalLM"
-    trainer = cls(model=model, args=args, train_dataset=dataset(n_train), eval_dataset=dataset(8, seed=2),
-                  callbacks=[rec, *extra])
+    trainer = cls(
+        model=model, args=args, train_dataset=dataset(n_train), eval_dataset=dataset(8, seed=2), callbacks=[rec, *extra]
+    )
     ref.append(trainer)
     trainer.train(resume_from_checkpoint=resume)
     return trainer, rec
@@ -117,22 +165,39 @@ def checkpoints(out: str) -> List[int]:
 # ---- 1. event sequence -------------------------------------------------------------------------
 
 FLOWS = {
-    "steps_ga2": dict(max_steps=6, gradient_accumulation_steps=2, logging_steps=2, eval_strategy="steps",
-                      eval_steps=3, save_strategy="steps", save_steps=4),
-    "epoch_2": dict(num_train_epochs=2, n_train=8, logging_strategy="epoch", eval_strategy="epoch",
-                    save_strategy="epoch"),
-    "max_steps_mid_epoch": dict(max_steps=5, logging_steps=2, eval_strategy="steps", eval_steps=2,
-                                save_strategy="steps", save_steps=3),
+    "steps_ga2": dict(
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        eval_strategy="steps",
+        eval_steps=3,
+        save_strategy="steps",
+        save_steps=4,
+    ),
+    "epoch_2": dict(
+        num_train_epochs=2, n_train=8, logging_strategy="epoch", eval_strategy="epoch", save_strategy="epoch"
+    ),
+    "max_steps_mid_epoch": dict(
+        max_steps=5, logging_steps=2, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=3
+    ),
     "logging_first_step": dict(max_steps=4, logging_steps=3, logging_first_step=True),
     "eval_delay": dict(max_steps=6, eval_strategy="steps", eval_steps=1, eval_delay=4, logging_steps=5),
     "eval_on_start": dict(max_steps=3, eval_strategy="steps", eval_steps=2, eval_on_start=True, logging_steps=2),
-    "epoch_save_max_steps": dict(max_steps=6, n_train=8, save_strategy="epoch", eval_strategy="epoch",
-                                 logging_strategy="no"),
+    "epoch_save_max_steps": dict(
+        max_steps=6, n_train=8, save_strategy="epoch", eval_strategy="epoch", logging_strategy="no"
+    ),
     "best_without_saving": dict(max_steps=4, eval_strategy="steps", eval_steps=2, metric_for_best_model="loss"),
-    "eval_delay_epoch": dict(num_train_epochs=3, n_train=8, eval_strategy="epoch", eval_delay=2,
-                             logging_strategy="epoch"),
-    "epoch_tail_ga": dict(num_train_epochs=2, n_train=10, gradient_accumulation_steps=2, logging_steps=2,
-                          eval_strategy="epoch", save_strategy="epoch"),
+    "eval_delay_epoch": dict(
+        num_train_epochs=3, n_train=8, eval_strategy="epoch", eval_delay=2, logging_strategy="epoch"
+    ),
+    "epoch_tail_ga": dict(
+        num_train_epochs=2,
+        n_train=10,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+    ),
 }
 
 
@@ -157,17 +222,26 @@ def epoch_stopper(lib):
 
 
 def test_should_epoch_stop_from_a_callback(tmp_path):
-    hf_t, hf_rec = run("hf", tmp_path, callbacks=[epoch_stopper(transformers)], num_train_epochs=3, n_train=8,
-                       eval_strategy="epoch")
-    lm_t, lm_rec = run("lm", tmp_path, callbacks=[epoch_stopper(lmtrain)], num_train_epochs=3, n_train=8,
-                       eval_strategy="epoch")
+    hf_t, hf_rec = run(
+        "hf", tmp_path, callbacks=[epoch_stopper(transformers)], num_train_epochs=3, n_train=8, eval_strategy="epoch"
+    )
+    lm_t, lm_rec = run(
+        "lm", tmp_path, callbacks=[epoch_stopper(lmtrain)], num_train_epochs=3, n_train=8, eval_strategy="epoch"
+    )
     assert steps_of(lm_rec) == steps_of(hf_rec)
 
 
 @pytest.mark.parametrize("at, n_train", [(2, 16), (4, 8)])  # mid-epoch; at an epoch's end
 def test_resume_events_and_train_metrics(tmp_path, at, n_train):
-    kw = dict(max_steps=6, n_train=n_train, gradient_accumulation_steps=2, logging_steps=2, save_strategy="steps",
-              save_steps=2, eval_strategy="epoch")
+    kw = dict(
+        max_steps=6,
+        n_train=n_train,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="epoch",
+    )
     recs, whole = {}, {}
     for name in LIBS:
         out = str(tmp_path / name)
@@ -203,18 +277,28 @@ def flag_setter(lib, event: str, step: int, flag: str):
     return SetFlag()
 
 
-@pytest.mark.parametrize("event, step, flag", [
-    ("on_step_begin", 2, "should_training_stop"),
-    ("on_epoch_begin", 0, "should_training_stop"),
-    ("on_log", 2, "should_save"),
-    ("on_evaluate", 2, "should_training_stop"),
-    ("on_optimizer_step", 2, "should_log"),
-    ("on_substep_end", 1, "should_evaluate"),
-    ("on_save", 4, "should_training_stop"),
-])
+@pytest.mark.parametrize(
+    "event, step, flag",
+    [
+        ("on_step_begin", 2, "should_training_stop"),
+        ("on_epoch_begin", 0, "should_training_stop"),
+        ("on_log", 2, "should_save"),
+        ("on_evaluate", 2, "should_training_stop"),
+        ("on_optimizer_step", 2, "should_log"),
+        ("on_substep_end", 1, "should_evaluate"),
+        ("on_save", 4, "should_training_stop"),
+    ],
+)
 def test_flags_set_by_a_user_callback(tmp_path, event, step, flag):
-    kw = dict(max_steps=6, gradient_accumulation_steps=2, logging_steps=2, eval_strategy="steps", eval_steps=2,
-              save_strategy="steps", save_steps=4)
+    kw = dict(
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=4,
+    )
     hf_t, hf_rec = run("hf", tmp_path, callbacks=[flag_setter(transformers, event, step, flag)], **kw)
     lm_t, lm_rec = run("lm", tmp_path, callbacks=[flag_setter(lmtrain, event, step, flag)], **kw)
     assert steps_of(lm_rec) == steps_of(hf_rec)
@@ -231,9 +315,17 @@ def test_should_save_seen_on_epoch_end_every_epoch(tmp_path):
 
 # ---- 2. on_log ---------------------------------------------------------------------------------
 
+
 def test_logs_keys_and_learning_rate(tmp_path):
-    kw = dict(max_steps=6, gradient_accumulation_steps=2, logging_steps=2, eval_strategy="steps", eval_steps=3,
-              lr_scheduler_type="linear", warmup_steps=2)
+    kw = dict(
+        max_steps=6,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        eval_strategy="steps",
+        eval_steps=3,
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+    )
     (_, hf_rec), (_, lm_rec) = both(tmp_path, **kw)
     assert [s for s, _ in lm_rec.logs] == [s for s, _ in hf_rec.logs]
     for (step, hf_log), (_, lm_log) in zip(hf_rec.logs, lm_rec.logs):
@@ -248,6 +340,7 @@ def test_logs_keys_and_learning_rate(tmp_path):
 
 # ---- 3. save_strategy="best" -------------------------------------------------------------------
 
+
 def _weights(path_or_model) -> Dict[str, torch.Tensor]:
     if isinstance(path_or_model, str):
         from safetensors.torch import load_file
@@ -256,8 +349,15 @@ def _weights(path_or_model) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in path_or_model.state_dict().items()}
 
 
-BEST = dict(max_steps=6, eval_strategy="steps", eval_steps=1, save_strategy="best", metric_for_best_model="loss",
-            learning_rate=5e-2, load_best_model_at_end=True)
+BEST = dict(
+    max_steps=6,
+    eval_strategy="steps",
+    eval_steps=1,
+    save_strategy="best",
+    metric_for_best_model="loss",
+    learning_rate=5e-2,
+    load_best_model_at_end=True,
+)
 
 
 def test_save_best_and_load_best(tmp_path):
@@ -276,8 +376,16 @@ def test_save_best_and_load_best(tmp_path):
 
 # ---- 4. early stopping -------------------------------------------------------------------------
 
-EARLY = dict(max_steps=6, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
-             metric_for_best_model="loss", greater_is_better=True, load_best_model_at_end=True)
+EARLY = dict(
+    max_steps=6,
+    eval_strategy="steps",
+    eval_steps=1,
+    save_strategy="steps",
+    save_steps=1,
+    metric_for_best_model="loss",
+    greater_is_better=True,
+    load_best_model_at_end=True,
+)
 
 
 def test_early_stopping_stops_at_the_same_step(tmp_path):
@@ -289,8 +397,9 @@ def test_early_stopping_stops_at_the_same_step(tmp_path):
 
 
 def _early_counter(trainer) -> int:
-    return [cb for cb in trainer.callback_handler.callbacks
-            if type(cb).__name__ == "EarlyStoppingCallback"][0].early_stopping_patience_counter
+    return [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "EarlyStoppingCallback"][
+        0
+    ].early_stopping_patience_counter
 
 
 def test_early_stopping_counter_restored_on_resume(tmp_path):
@@ -301,24 +410,48 @@ def test_early_stopping_counter_restored_on_resume(tmp_path):
         out = str(tmp_path / name)
         kw = dict(EARLY, restore_callback_states_from_checkpoint=True, out=out, max_steps=5)
         run(name, tmp_path, callbacks=[lib.EarlyStoppingCallback(early_stopping_patience=5)], **kw)
-        saved = {step: json.load(open(os.path.join(out, f"checkpoint-{step}", "trainer_state.json")))
-                 ["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]["early_stopping_patience_counter"]
-                 for step in checkpoints(out)}
+        saved = {
+            step: json.load(open(os.path.join(out, f"checkpoint-{step}", "trainer_state.json")))["stateful_callbacks"][
+                "EarlyStoppingCallback"
+            ]["attributes"]["early_stopping_patience_counter"]
+            for step in checkpoints(out)
+        }
         step = min(s for s, c in saved.items() if c > 0 and s < 5)  # a checkpoint that saw no improvement
-        trainer, rec = run(name, tmp_path, callbacks=[lib.EarlyStoppingCallback(early_stopping_patience=5)],
-                           resume=os.path.join(out, f"checkpoint-{step}"), **kw)
+        trainer, rec = run(
+            name,
+            tmp_path,
+            callbacks=[lib.EarlyStoppingCallback(early_stopping_patience=5)],
+            resume=os.path.join(out, f"checkpoint-{step}"),
+            **kw,
+        )
         assert rec.counter_at_begin == saved[step]  # restored before on_train_begin
-        counters[name] = (step, saved, rec.counter_at_begin, _early_counter(trainer), trainer.state.global_step,
-                          steps_of(rec))
+        counters[name] = (
+            step,
+            saved,
+            rec.counter_at_begin,
+            _early_counter(trainer),
+            trainer.state.global_step,
+            steps_of(rec),
+        )
     assert counters["lm"] == counters["hf"]
 
 
 # ---- 5. save_total_limit -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("limit, strategy", [(1, "steps"), (2, "steps"), (2, "best")])
 def test_save_total_limit_keeps_the_same_checkpoints(tmp_path, limit, strategy):
-    kw = dict(max_steps=5, eval_strategy="steps", eval_steps=1, save_strategy=strategy, save_steps=1,
-              metric_for_best_model="loss", learning_rate=5e-2, load_best_model_at_end=True, save_total_limit=limit)
+    kw = dict(
+        max_steps=5,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy=strategy,
+        save_steps=1,
+        metric_for_best_model="loss",
+        learning_rate=5e-2,
+        load_best_model_at_end=True,
+        save_total_limit=limit,
+    )
     (hf_t, _), (lm_t, _) = both(tmp_path, **kw)
     assert checkpoints(lm_t.args.output_dir) == checkpoints(hf_t.args.output_dir)
     assert lm_t.state.best_global_step == hf_t.state.best_global_step
@@ -326,27 +459,47 @@ def test_save_total_limit_keeps_the_same_checkpoints(tmp_path, limit, strategy):
 
 # ---- 6. a subclassed TrainingArguments ---------------------------------------------------------
 
+
 @dataclasses.dataclass
 class MyArgs(lmtrain.TrainingArguments):
     my_flag: int = 3
 
 
 def test_subclassed_arguments_train_evaluate_save_and_parse(tmp_path):
-    trainer, _ = run("lm", tmp_path, args_cls=MyArgs, max_steps=2, eval_strategy="steps", eval_steps=2,
-                     save_strategy="steps", save_steps=2, my_flag=7)
+    trainer, _ = run(
+        "lm",
+        tmp_path,
+        args_cls=MyArgs,
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        my_flag=7,
+    )
     assert trainer.args.my_flag == 7
     assert checkpoints(trainer.args.output_dir) == [2]
     assert "eval_loss" in trainer.evaluate()
     (parsed,) = lmtrain.HfArgumentParser(MyArgs).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path / "p"), "--my_flag", "11", "--max_steps", "3"])
+        ["--output_dir", str(tmp_path / "p"), "--my_flag", "11", "--max_steps", "3"]
+    )
     assert isinstance(parsed, MyArgs) and parsed.my_flag == 11 and parsed.max_steps == 3
 
 
 # ---- 7. names and transformers' callbacks ------------------------------------------------------
 
+
 def test_callback_names_importable():
-    for name in ("DefaultFlowCallback", "PrinterCallback", "ProgressCallback", "EarlyStoppingCallback",
-                 "TrainerControl", "TrainerState", "ExportableState", "TrainerCallback"):
+    for name in (
+        "DefaultFlowCallback",
+        "PrinterCallback",
+        "ProgressCallback",
+        "EarlyStoppingCallback",
+        "TrainerControl",
+        "TrainerState",
+        "ExportableState",
+        "TrainerCallback",
+    ):
         assert getattr(lmtrain, name) is not None
 
 
@@ -360,20 +513,28 @@ def test_transformers_callback_runs_on_lmtrain(tmp_path):
 
 # ---- 8. logging_nan_inf_filter -----------------------------------------------------------------
 
+
 def inf_at(step: int):
     def make(lib):
         class InfTrainer(lib.Trainer):
             def training_step(self, model, inputs, num_items_in_batch=None):
                 loss = super().training_step(model, inputs, num_items_in_batch)
                 return loss + float("inf") if self.state.global_step + 1 == step else loss
+
         return InfTrainer
+
     return make
 
 
 @pytest.mark.parametrize("nan_filter, ga", [(True, 1), (True, 2), (False, 1)])
 def test_nan_inf_filter_logs_what_transformers_logs(tmp_path, nan_filter, ga):
-    kw = dict(max_steps=6, logging_steps=3, logging_nan_inf_filter=nan_filter, trainer_cls=inf_at(2),
-              gradient_accumulation_steps=ga)
+    kw = dict(
+        max_steps=6,
+        logging_steps=3,
+        logging_nan_inf_filter=nan_filter,
+        trainer_cls=inf_at(2),
+        gradient_accumulation_steps=ga,
+    )
     hf_t, hf_rec = run("hf", tmp_path, **kw)
     lm_t, lm_rec = run("lm", tmp_path, nan_policy="ignore", **kw)
     hf_losses = [log["loss"] for _, log in hf_rec.logs if "loss" in log]

@@ -34,7 +34,11 @@ def bert_like() -> PreTrainedTokenizerFast:
     """Pad 0, unk 1, cls 2, sep 3, mask 4, then N_WORDS ordinary words."""
     tok = _word_level(SPECIALS + [f"w{i}" for i in range(N_WORDS)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
         mask_token="[MASK]",
     )
 
@@ -120,7 +124,11 @@ def test_mlm_special_tokens_mask_feature_is_honoured_and_removed(bert_like):
 def test_clm_with_pad_equal_to_eos_keeps_real_eos_labels(gpt_like):
     gpt_like.pad_token = gpt_like.eos_token
     eos = gpt_like.eos_token_id
-    feats = [{"input_ids": [5, 6, 7, eos]}, {"input_ids": np.array([8, eos])}, {"input_ids": torch.tensor([9, 10, eos])}]
+    feats = [
+        {"input_ids": [5, 6, 7, eos]},
+        {"input_ids": np.array([8, eos])},
+        {"input_ids": torch.tensor([9, 10, eos])},
+    ]
     batch = DataCollatorForLanguageModeling(gpt_like, mlm=False)(feats)
     assert batch["input_ids"].tolist() == [[5, 6, 7, eos], [8, eos, eos, eos], [9, 10, eos, eos]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]]

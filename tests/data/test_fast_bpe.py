@@ -40,8 +40,11 @@ def variant(tokenizer, edit):
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     edit(state)
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(state)), eos_token="<|endoftext|>",
-        pad_token="<pad>", mask_token="<mask>", clean_up_tokenization_spaces=False,
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -64,16 +67,45 @@ def test_fast_ids_equal_tokenizer_ids_on_every_sample_document(tokenizer):
 def test_fast_ids_on_every_bmp_character(tok512):
     fast = make_fast_encoder(tok512)
     chars = [chr(c) for c in range(0x10000) if not 0xD800 <= c < 0xE000]
-    texts = ["".join(chars), " ".join(chars[::2]), "a".join(chars[::7]) + "\n".join(chars[::13]) + "  ",
-             "1".join(chars[::11]) + "  ".join(chars[::17])]
+    texts = [
+        "".join(chars),
+        " ".join(chars[::2]),
+        "a".join(chars[::7]) + "\n".join(chars[::13]) + "  ",
+        "1".join(chars[::11]) + "  ".join(chars[::17]),
+    ]
     assert fast(texts) == hf_ids(tok512, texts)
 
 
 def test_fast_ids_on_random_whitespace_and_punctuation(tok512):
     fast = make_fast_encoder(tok512)
     rng = random.Random(0)
-    alphabet = ["a", "bc", "The", " ", "  ", "\n", "\n\n", "\t", "\r\n", "1", "23", ".", "'s", "'", "'ll",
-                "é", "漢", "🙂", "\u00a0", "\u3000", "<|endoftext|>", "<pad>", "-", "?!", "\x00"]
+    alphabet = [
+        "a",
+        "bc",
+        "The",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        "\r\n",
+        "1",
+        "23",
+        ".",
+        "'s",
+        "'",
+        "'ll",
+        "é",
+        "漢",
+        "🙂",
+        "\u00a0",
+        "\u3000",
+        "<|endoftext|>",
+        "<pad>",
+        "-",
+        "?!",
+        "\x00",
+    ]
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(400)]
     assert fast(texts) == hf_ids(tok512, texts)
 

@@ -87,9 +87,17 @@ def test_set_position_past_the_end_yields_nothing():
     assert batches(s) == []
 
 
-@pytest.mark.parametrize("n, batch_size, drop_last, expected_len", [
-    (10, 3, False, 4), (10, 3, True, 3), (12, 4, False, 3), (12, 4, True, 3), (2, 4, True, 0), (2, 4, False, 1),
-])
+@pytest.mark.parametrize(
+    "n, batch_size, drop_last, expected_len",
+    [
+        (10, 3, False, 4),
+        (10, 3, True, 3),
+        (12, 4, False, 3),
+        (12, 4, True, 3),
+        (2, 4, True, 0),
+        (2, 4, False, 1),
+    ],
+)
 def test_len_and_drop_last(n, batch_size, drop_last, expected_len):
     s = ResumableBatchSampler(n, batch_size, shuffle=True, data_seed=1, drop_last=drop_last)
     got = batches(s)
@@ -138,14 +146,15 @@ def test_length_grouped_order_groups_by_length():
     lengths = [(i * 37) % 101 for i in range(n)]
     order = length_grouped_order(lengths, bs, torch.Generator().manual_seed(1)).tolist()
     mega = max(1, min(n // (bs * 4), 50)) * bs  # 25 batches of 4 per mega-batch
-    groups = [order[i: i + mega] for i in range(0, n, mega)]
+    groups = [order[i : i + mega] for i in range(0, n, mega)]
     assert lengths[order[0]] == max(lengths)  # the longest example comes first
     for k, group in enumerate(groups):
         rest = group[1:] if k == 0 else group  # the first one may have been swapped with the longest
         assert [lengths[i] for i in rest] == sorted((lengths[i] for i in rest), reverse=True)
     # grouping: lengths inside a batch are close, compared with a random order
-    spread = sum(max(lengths[i] for i in order[b: b + bs]) - min(lengths[i] for i in order[b: b + bs])
-                 for b in range(0, n, bs))
+    spread = sum(
+        max(lengths[i] for i in order[b : b + bs]) - min(lengths[i] for i in order[b : b + bs]) for b in range(0, n, bs)
+    )
     assert spread < n  # a random order spreads about 60 per batch, i.e. ~6000 in all
 
 
@@ -162,8 +171,10 @@ def test_length_grouped_order_is_seeded():
 
 
 def test_batch_seed_distinct_across_epochs_and_indices():
-    seeds = [batch_seed(data_seed, epoch, index)
-             for data_seed, epoch, index in itertools.product([0, 42], range(20), range(200))]
+    seeds = [
+        batch_seed(data_seed, epoch, index)
+        for data_seed, epoch, index in itertools.product([0, 42], range(20), range(200))
+    ]
     assert len(set(seeds)) == len(seeds)
     assert all(0 <= s < 2**62 for s in seeds)
     assert batch_seed(42, 3, 17) == batch_seed(42, 3, 17)
@@ -236,8 +247,9 @@ def loader_batches(loader) -> list[dict]:
 
 def test_make_loader_collation_is_reproducible_and_resumable():
     def make(start: Optional[int] = None):
-        loader = make_loader(Rows(11), random_collator, 3, shuffle=True, data_seed=5, drop_last=False,
-                             num_workers=0, pin_memory=False)
+        loader = make_loader(
+            Rows(11), random_collator, 3, shuffle=True, data_seed=5, drop_last=False, num_workers=0, pin_memory=False
+        )
         if start is not None:
             loader.batch_sampler.set_position(1, start)
         return loader
@@ -260,8 +272,9 @@ def test_make_loader_iterable_dataset_gets_a_plain_loader():
         def __iter__(self):
             return iter(Rows(5).rows)
 
-    loader = make_loader(Stream(), random_collator, 2, shuffle=False, data_seed=0, drop_last=True,
-                         num_workers=0, pin_memory=False)
+    loader = make_loader(
+        Stream(), random_collator, 2, shuffle=False, data_seed=0, drop_last=True, num_workers=0, pin_memory=False
+    )
     assert not isinstance(loader.batch_sampler, ResumableBatchSampler)
     assert [b["input_ids"][:, 0].tolist() for b in loader] == [[0, 1], [2, 3]]
 

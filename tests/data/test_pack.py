@@ -71,8 +71,7 @@ def test_mlm_needs_special_ids(stream):
 
 @pytest.mark.parametrize("mlm", [False, True])
 def test_getitems_equals_stacked_getitem(memmapped, mlm):
-    ds = BlockDataset(memmapped, 16, block_indices=np.array([0, 3, 5, 9, 40]), mlm=mlm,
-                      cls_token_id=1, sep_token_id=2)
+    ds = BlockDataset(memmapped, 16, block_indices=np.array([0, 3, 5, 9, 40]), mlm=mlm, cls_token_id=1, sep_token_id=2)
     idx = [4, 0, 2, 2, -1]
     batch = ds.__getitems__(idx)
     assert len(batch) == len(idx)
@@ -168,9 +167,7 @@ def test_prepare_split(tokenizer, text_file, tmp_path):
 
 
 def test_prepare_no_validation(tokenizer, text_file, tmp_path):
-    train, val, info = prepare_datasets(
-        [text_file], tokenizer, 64, validation_split_percentage=0, cache_dir=tmp_path
-    )
+    train, val, info = prepare_datasets([text_file], tokenizer, 64, validation_split_percentage=0, cache_dir=tmp_path)
     assert val is None and info["eval_blocks"] == 0 and info["eval_tokens"] == 0
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lmtrain.data.token_cache as tokmod
 import lmtrain.data.encoders as encoders
+import lmtrain.data.token_cache as tokmod
 from lmtrain.data.bpe import train_bpe_tokenizer
 from lmtrain.data.readers import PIECE_BOUNDARY, iter_documents, iter_text_pieces, sample_corpus_files
 from lmtrain.data.readers import text as text_reader

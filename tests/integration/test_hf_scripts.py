@@ -27,10 +27,25 @@ BLOCK = 32
 TIMEOUT = 300
 
 TRAIN_FLAGS = [
-    "--do_train", "--do_eval",
-    "--per_device_train_batch_size", "4", "--max_steps", "20", "--learning_rate", "1e-3",
-    "--logging_steps", "5", "--save_steps", "10", "--eval_strategy", "steps", "--eval_steps", "10",
-    "--report_to", "none", "--overwrite_output_dir",
+    "--do_train",
+    "--do_eval",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_steps",
+    "20",
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "5",
+    "--save_steps",
+    "10",
+    "--eval_strategy",
+    "steps",
+    "--eval_steps",
+    "10",
+    "--report_to",
+    "none",
+    "--overwrite_output_dir",
 ]
 
 
@@ -60,8 +75,13 @@ class Run:
         self.name, self.root = name, root
         self.log_path = root / f"{name}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPTS / script), *map(str, args)], cwd=root,
-                                     env=_env(root), stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCRIPTS / script), *map(str, args)],
+            cwd=root,
+            env=_env(root),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.started = time.perf_counter()
 
     def wait(self) -> "Run":
@@ -81,7 +101,9 @@ class Run:
 
 
 def _json(path: Path) -> dict:
-    assert path.is_file(), f"{path.name} was not written; {path.parent} holds {sorted(p.name for p in path.parent.iterdir())}"
+    assert path.is_file(), (
+        f"{path.name} was not written; {path.parent} holds {sorted(p.name for p in path.parent.iterdir())}"
+    )
     return json.loads(path.read_text())
 
 
@@ -145,21 +167,40 @@ def workspace(tmp_path_factory):
     tok = train_bpe_tokenizer([train], vocab_size=400)
     assert tok.eos_token == "<|endoftext|>"
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tok),
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=64,
+        vocab_size=len(tok),
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(gpt2)
     tok.save_pretrained(gpt2)
 
     # Masked LM: BERT with a WordPiece vocabulary trained on the same text ([CLS]/[SEP] on every line).
     bert = root / "tiny-bert"
     wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train([str(train)], vocab_size=400, min_frequency=2, show_progress=False,
-                    special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    wordpiece.train(
+        [str(train)],
+        vocab_size=400,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    )
     btok = BertTokenizerFast(vocab=wordpiece.get_vocab(), model_max_length=64)
     assert len(btok) > 100 and btok.mask_token_id is not None and btok.pad_token_id is not None
     torch.manual_seed(0)
-    bconfig = BertConfig(vocab_size=len(btok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64, pad_token_id=btok.pad_token_id)
+    bconfig = BertConfig(
+        vocab_size=len(btok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=btok.pad_token_id,
+    )
     BertForMaskedLM(bconfig).save_pretrained(bert)
     btok.save_pretrained(bert)
     return {"root": root, "train": train, "valid": valid, "gpt2": gpt2, "bert": bert}
@@ -173,9 +214,26 @@ def _resume_run(workspace) -> tuple:
     shutil.copytree(root / "clm", out)
     flags = [f for f in TRAIN_FLAGS if f != "--overwrite_output_dir"]
     flags[flags.index("--max_steps") + 1] = "30"
-    run = Run("clm_resume", "run_clm.py", ["--model_name_or_path", workspace["gpt2"], "--train_file", workspace["train"],
-                                           "--validation_file", workspace["valid"], "--output_dir", out,
-                                           "--block_size", BLOCK, "--cache_dir", root / "cache_clm", *flags], root)
+    run = Run(
+        "clm_resume",
+        "run_clm.py",
+        [
+            "--model_name_or_path",
+            workspace["gpt2"],
+            "--train_file",
+            workspace["train"],
+            "--validation_file",
+            workspace["valid"],
+            "--output_dir",
+            out,
+            "--block_size",
+            BLOCK,
+            "--cache_dir",
+            root / "cache_clm",
+            *flags,
+        ],
+        root,
+    )
     return run, out
 
 
@@ -186,20 +244,63 @@ def runs(workspace):
 
     # The untrained MLM baseline goes through the script's single-JSON-file path (parse_json_file), eval only.
     baseline_json = root / "mlm_baseline.json"
-    baseline_json.write_text(json.dumps({
-        "model_name_or_path": str(w["bert"]), "validation_file": str(w["valid"]), "max_seq_length": BLOCK,
-        "do_eval": True, "output_dir": str(root / "mlm_baseline"), "report_to": "none",
-        "cache_dir": str(root / "cache_mlm_baseline"),
-    }))
-    clm = Run("clm", "run_clm.py", ["--model_name_or_path", w["gpt2"], "--train_file", w["train"],
-                                    "--validation_file", w["valid"], "--output_dir", root / "clm",
-                                    "--block_size", BLOCK, "--cache_dir", root / "cache_clm", *TRAIN_FLAGS], root)
+    baseline_json.write_text(
+        json.dumps(
+            {
+                "model_name_or_path": str(w["bert"]),
+                "validation_file": str(w["valid"]),
+                "max_seq_length": BLOCK,
+                "do_eval": True,
+                "output_dir": str(root / "mlm_baseline"),
+                "report_to": "none",
+                "cache_dir": str(root / "cache_mlm_baseline"),
+            }
+        )
+    )
+    clm = Run(
+        "clm",
+        "run_clm.py",
+        [
+            "--model_name_or_path",
+            w["gpt2"],
+            "--train_file",
+            w["train"],
+            "--validation_file",
+            w["valid"],
+            "--output_dir",
+            root / "clm",
+            "--block_size",
+            BLOCK,
+            "--cache_dir",
+            root / "cache_clm",
+            *TRAIN_FLAGS,
+        ],
+        root,
+    )
     others = [
-        Run("mlm", "run_mlm.py", ["--model_name_or_path", w["bert"], "--train_file", w["train"],
-                                  "--validation_file", w["valid"], "--output_dir", root / "mlm",
-                                  "--max_seq_length", BLOCK, "--cache_dir", root / "cache_mlm", *TRAIN_FLAGS,
-                                  # the last flag wins: a tiny BERT needs a higher rate to move in 20 steps
-                                  "--learning_rate", "5e-3"], root),
+        Run(
+            "mlm",
+            "run_mlm.py",
+            [
+                "--model_name_or_path",
+                w["bert"],
+                "--train_file",
+                w["train"],
+                "--validation_file",
+                w["valid"],
+                "--output_dir",
+                root / "mlm",
+                "--max_seq_length",
+                BLOCK,
+                "--cache_dir",
+                root / "cache_mlm",
+                *TRAIN_FLAGS,
+                # the last flag wins: a tiny BERT needs a higher rate to move in 20 steps
+                "--learning_rate",
+                "5e-3",
+            ],
+            root,
+        ),
         Run("mlm_baseline", "run_mlm.py", [baseline_json], root),
     ]
     done = {"clm": clm.wait()}
@@ -225,10 +326,18 @@ def clm_baseline(workspace):
 def test_clm_script_trains_saves_and_reports_like_transformers(workspace, runs):
     run = runs["clm"].check()
     out = workspace["root"] / "clm"
-    assert "Process rank: -1, device: cpu, n_gpu: 0, distributed training: False, 16-bits training: False" \
-        in run.output
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
-                 "trainer_state.json", "all_results.json", "train_results.json", "eval_results.json", "README.md"):
+    assert "Process rank: -1, device: cpu, n_gpu: 0, distributed training: False, 16-bits training: False" in run.output
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "trainer_state.json",
+        "all_results.json",
+        "train_results.json",
+        "eval_results.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
     assert _checkpoints(out) == ["checkpoint-10", "checkpoint-20"]
     for ckpt in _checkpoints(out):
@@ -291,8 +400,9 @@ def test_clm_script_resumes_from_its_last_checkpoint(workspace, runs):
     losses = {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
     assert sorted(losses) == [5, 10, 15, 20, 25, 30]  # the first run's history kept, nothing repeated
     first = _json(workspace["root"] / "clm" / "trainer_state.json")
-    assert {s: l for s, l in losses.items() if s <= 20} == \
-        {h["step"]: h["loss"] for h in first["log_history"] if "loss" in h}
+    assert {s: loss for s, loss in losses.items() if s <= 20} == {
+        h["step"]: h["loss"] for h in first["log_history"] if "loss" in h
+    }
     # It continued from the trained weights: no jump back to the untrained loss.
     assert losses[25] < losses[5]
     first_eval = _json(workspace["root"] / "clm" / "eval_results.json")["eval_loss"]
@@ -316,8 +426,15 @@ def test_mlm_script_trains_saves_and_reports_like_transformers(workspace, runs):
     run = runs["mlm"].check()
     out = workspace["root"] / "mlm"
     assert "16-bits training: False" in run.output
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
-                 "trainer_state.json", "all_results.json", "eval_results.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "trainer_state.json",
+        "all_results.json",
+        "eval_results.json",
+    ):
         assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
     assert _checkpoints(out) == ["checkpoint-10", "checkpoint-20"]
 

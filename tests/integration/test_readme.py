@@ -14,26 +14,45 @@ from pathlib import Path
 from tests.integration.test_cli import lmtrain
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = {"gpt2": "n_layer=1,n_embd=32,n_head=2",
-         "llama": "num_hidden_layers=1,hidden_size=32,intermediate_size=64,num_attention_heads=2,num_key_value_heads=2",
-         "bert": "num_hidden_layers=1,hidden_size=32,intermediate_size=64,num_attention_heads=2"}
+SMALL = {
+    "gpt2": "n_layer=1,n_embd=32,n_head=2",
+    "llama": "num_hidden_layers=1,hidden_size=32,intermediate_size=64,num_attention_heads=2,num_key_value_heads=2",
+    "bert": "num_hidden_layers=1,hidden_size=32,intermediate_size=64,num_attention_heads=2",
+}
 
 
 def tour_commands() -> list:
     text = (ROOT / "README.md").read_text()
-    tour = text[text.index("## Five-minute tour"):]
-    block = tour[tour.index("```bash") + 7: tour.index("```", tour.index("```bash") + 7)]
+    tour = text[text.index("## Five-minute tour") :]
+    block = tour[tour.index("```bash") + 7 : tour.index("```", tour.index("```bash") + 7)]
     return [line for line in block.splitlines() if line.startswith("lmtrain ")]
 
 
 def shrink(args: list, tmp: Path) -> list:
     args = [a.replace("runs/", f"{tmp}/runs/") if a.startswith("runs/") else a for a in args]
     if args[0] != "train":
-        return args + (["--cache_dir", str(tmp / "cache")] if args[0] in ("eval", "prepare") else []) \
+        return (
+            args
+            + (["--cache_dir", str(tmp / "cache")] if args[0] in ("eval", "prepare") else [])
             + (["--max_new_tokens", "5"] if args[0] == "generate" else [])
+        )
     steps = int(args[args.index("--max_steps") + 1]) // 100  # 300 -> 3, 400 (resume) -> 4
-    extra = ["--max_steps", str(steps), "--block_size", "32", "--cache_dir", str(tmp / "cache"),
-             "--eval_steps", "1", "--save_steps", "3", "--report_to", "none", "--per_device_train_batch_size", "4"]
+    extra = [
+        "--max_steps",
+        str(steps),
+        "--block_size",
+        "32",
+        "--cache_dir",
+        str(tmp / "cache"),
+        "--eval_steps",
+        "1",
+        "--save_steps",
+        "3",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "4",
+    ]
     if "--model_name_or_path" not in args:
         kind = "llama" if "llama" in args else ("bert" if "--mlm" in args else "gpt2")
         extra += ["--vocab_size", "300"]

@@ -16,9 +16,12 @@ from tests.training.test_trainer import make_args, ragged_dataset, stack
 
 def test_tensorboard_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard")
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=2, report_to="tensorboard",
-                                                         per_device_train_batch_size=4),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=2, report_to="tensorboard", per_device_train_batch_size=4),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     trainer.train()
     events = list((tmp_path / "out" / "runs").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
@@ -45,9 +48,14 @@ def test_wandb_and_mlflow_receive_every_record(tmp_path, monkeypatch):
         mod.__spec__ = types.SimpleNamespace(name=name)
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name in ("wandb", "mlflow") else None)
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=2, report_to=["wandb", "mlflow"],
-                                                         per_device_train_batch_size=4, run_name="r1"),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(
+            tmp_path, max_steps=2, report_to=["wandb", "mlflow"], per_device_train_batch_size=4, run_name="r1"
+        ),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert ("wandb", "init", "r1") in calls and ("mlflow", "start", "r1") in calls
@@ -71,18 +79,27 @@ class FakeTTY(io.StringIO):
 
 def test_progress_bars_on_a_terminal_and_plain_lines_otherwise(tmp_path):
     tty = FakeTTY()
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=4, logging_steps=2, eval_strategy="steps",
-                                                         eval_steps=2, per_device_train_batch_size=4),
-                      train_dataset=ragged_dataset(), eval_dataset=ragged_dataset(n=6), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(
+            tmp_path, max_steps=4, logging_steps=2, eval_strategy="steps", eval_steps=2, per_device_train_batch_size=4
+        ),
+        train_dataset=ragged_dataset(),
+        eval_dataset=ragged_dataset(n=6),
+        data_collator=stack,
+    )
     trainer.pop_callback(ProgressCallback)
     trainer.add_callback(ProgressCallback(stream=tty))
     trainer.train()
     screen = tty.getvalue()
     assert "train" in screen and "4/4" in screen and "eval" in screen and "loss=" in screen
     plain = io.StringIO()
-    trainer2 = Trainer(model=tiny_gpt2(), args=make_args(tmp_path / "b", max_steps=2, logging_steps=1,
-                                                          per_device_train_batch_size=4),
-                       train_dataset=ragged_dataset(), data_collator=stack)
+    trainer2 = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path / "b", max_steps=2, logging_steps=1, per_device_train_batch_size=4),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     trainer2.pop_callback(ProgressCallback)
     trainer2.add_callback(ProgressCallback(stream=plain))
     trainer2.train()
@@ -95,11 +112,22 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
 
     data = ragged_dataset()
     # a learning rate of 0 never improves the eval loss: stop after 1 + patience evaluations
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=50, learning_rate=0.0, eval_strategy="steps",
-                                                         eval_steps=2, per_device_train_batch_size=4,
-                                                         metric_for_best_model="loss"),
-                      train_dataset=data, eval_dataset=data[:4], data_collator=stack,
-                      callbacks=[EarlyStoppingCallback(early_stopping_patience=2)])
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(
+            tmp_path,
+            max_steps=50,
+            learning_rate=0.0,
+            eval_strategy="steps",
+            eval_steps=2,
+            per_device_train_batch_size=4,
+            metric_for_best_model="loss",
+        ),
+        train_dataset=data,
+        eval_dataset=data[:4],
+        data_collator=stack,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=2)],
+    )
     assert trainer.train().global_step == 6
 
 
@@ -111,8 +139,12 @@ def test_jsonl_log_seals_a_line_cut_by_a_kill(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "log.jsonl").write_text('{"step": 1, "loss": 4.0}\n{"step": 2, "lo')  # killed mid-write
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=4),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=4),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     trainer.train()
     lines = (out / "log.jsonl").read_text().splitlines()
     assert lines[1] == '{"step": 2, "lo' and _json.loads(lines[2])["step"] == 1

@@ -12,8 +12,15 @@ import torch.nn.functional as F
 from transformers.trainer_pt_utils import find_batch_size as hf_find_batch_size
 from transformers.trainer_pt_utils import nested_concat
 
-from lmtrain.training.evaluate import (EvalPrediction, Gatherer, StepOutput, evaluation_loop, find_batch_size,
-                                       outputs_to_predictions, pad_concat)
+from lmtrain.training.evaluate import (
+    EvalPrediction,
+    Gatherer,
+    StepOutput,
+    evaluation_loop,
+    find_batch_size,
+    outputs_to_predictions,
+    pad_concat,
+)
 from tests.conftest import tiny_gpt2
 
 CPU = torch.device("cpu")
@@ -27,21 +34,22 @@ def rows(n: int = 13, length: int = 10, seed: int = 0):
     for i in range(n):
         ids = torch.randint(1, VOCAB, (length,), generator=g)
         labels = ids.clone()
-        labels[2 + (i * 3) % (length - 2):] = -100
+        labels[2 + (i * 3) % (length - 2) :] = -100
         out.append({"input_ids": ids, "labels": labels})
     return out
 
 
 def batches(data, size: int):
-    return [{k: torch.stack([r[k] for r in data[i:i + size]]) for k in data[0]} for i in range(0, len(data), size)]
+    return [{k: torch.stack([r[k] for r in data[i : i + size]]) for k in data[0]} for i in range(0, len(data), size)]
 
 
 def token_step(model, batch):
     """lmtrain's own evaluation step: (sum of token losses, label tokens), logits and labels."""
     logits = model(input_ids=batch["input_ids"]).logits
     labels = batch["labels"][:, 1:]
-    loss_sum = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
+    loss_sum = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return StepOutput(loss_sum, int((labels != -100).sum()), logits, batch["labels"])
 
 
@@ -65,13 +73,15 @@ def run(loader, step, **kw):
 
 # ---- the loss --------------------------------------------------------------------------------------
 
+
 def test_loss_is_token_weighted_and_independent_of_batch_size():
     data = rows()
     model = tiny_gpt2(vocab_size=VOCAB)
     expected = by_hand_loss(model, data)
     for size in (1, 4, 13):
-        out = evaluation_loop(model, batches(data, size), device=CPU, step=token_step, prediction_loss_only=True,
-                              bytes_per_token=2.5)
+        out = evaluation_loop(
+            model, batches(data, size), device=CPU, step=token_step, prediction_loss_only=True, bytes_per_token=2.5
+        )
         assert out.metrics["eval_loss"] == pytest.approx(expected, rel=1e-5), size
         assert out.metrics["eval_perplexity"] == pytest.approx(math.exp(out.metrics["eval_loss"]))
         assert out.metrics["eval_bits_per_byte"] == pytest.approx(out.metrics["eval_loss"] / math.log(2) / 2.5)
@@ -120,17 +130,21 @@ def test_without_a_loss_there_is_no_loss_metric():
 
     out = run([{"input_ids": torch.ones(2, 3)}], step)
     assert "eval_loss" not in out.metrics and "eval_perplexity" not in out.metrics
-    assert {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
-            "eval_tokens_per_second"} <= set(out.metrics)
+    assert {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_tokens_per_second"} <= set(
+        out.metrics
+    )
 
 
 def test_prefix_is_added_once():
     def compute_metrics(p):
         return {"test_already": 1.0, "plain": np.float32(2.0)}
 
-    out = run([{"input_ids": torch.ones(2, 3), "labels": torch.ones(2, 3)}],
-              lambda m, b: StepOutput(torch.tensor(1.0), 1, b["input_ids"], b["labels"]),
-              metric_key_prefix="test", compute_metrics=compute_metrics)
+    out = run(
+        [{"input_ids": torch.ones(2, 3), "labels": torch.ones(2, 3)}],
+        lambda m, b: StepOutput(torch.tensor(1.0), 1, b["input_ids"], b["labels"]),
+        metric_key_prefix="test",
+        compute_metrics=compute_metrics,
+    )
     assert out.metrics["test_loss"] == 1.0
     assert out.metrics["test_already"] == 1.0
     assert out.metrics["test_plain"] == 2.0 and type(out.metrics["test_plain"]) is float  # numpy -> python
@@ -197,9 +211,13 @@ def test_compute_metrics_sees_padded_arrays_inputs_and_per_example_losses():
         preds, labels, inputs, losses = p
         return {"n": float(len(losses))}
 
-    out = run(ragged_batches(), fake_logits_step, compute_metrics=compute_metrics,
-              include_for_metrics=["inputs", "loss"],
-              preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
+    out = run(
+        ragged_batches(),
+        fake_logits_step,
+        compute_metrics=compute_metrics,
+        include_for_metrics=["inputs", "loss"],
+        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+    )
     p = seen["p"]
     argmax = hf_gathered(lambda b: fake_logits_step(None, b).logits.argmax(-1).numpy())
     np.testing.assert_array_equal(p.predictions, argmax)
@@ -223,8 +241,13 @@ def test_batch_eval_metrics_see_one_batch_at_a_time_and_keep_nothing():
     assert calls == [((2, 5, 3), False), ((3, 7, 3), False), ((2, 6, 3), True)]
     assert out.metrics["eval_batches"] == 3.0
     assert out.predictions is None and out.label_ids is None
-    kept = run(loader, fake_logits_step, compute_metrics=lambda p, compute_result: {}, batch_eval_metrics=True,
-               keep_predictions=True)
+    kept = run(
+        loader,
+        fake_logits_step,
+        compute_metrics=lambda p, compute_result: {},
+        batch_eval_metrics=True,
+        keep_predictions=True,
+    )
     assert kept.predictions.shape == (7, 7, 3)
 
 
@@ -244,6 +267,7 @@ def test_bfloat16_logits_come_back_as_float32():
 
 
 # ---- Gatherer and pad_concat -----------------------------------------------------------------------
+
 
 def test_gatherer_moves_to_host_every_n_batches_and_pads():
     parts = [torch.full((1, n), float(n)) for n in (2, 4, 3)]
@@ -270,14 +294,17 @@ def test_gatherer_without_batches_gives_none_and_unconcatenated_gives_a_list():
     assert isinstance(got, list) and [a.tolist() for a in got] == [[0, 0], [1, 1, 1]]
 
 
-@pytest.mark.parametrize("a, b", [
-    (np.arange(6).reshape(2, 3), np.arange(8).reshape(2, 4)),  # wider second
-    (np.arange(8).reshape(2, 4), np.arange(3).reshape(1, 3)),  # narrower second
-    (np.ones((2, 3, 4)), np.zeros((1, 5, 4))),  # logits: padded on the sequence axis only
-    (np.arange(3), np.arange(2)),  # one value per example
-    (np.float32(1.5), np.float32(2.5)),  # one number per batch
-    (np.ones((2, 3)), np.ones((1, 3))),  # same width: plain concatenation
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (np.arange(6).reshape(2, 3), np.arange(8).reshape(2, 4)),  # wider second
+        (np.arange(8).reshape(2, 4), np.arange(3).reshape(1, 3)),  # narrower second
+        (np.ones((2, 3, 4)), np.zeros((1, 5, 4))),  # logits: padded on the sequence axis only
+        (np.arange(3), np.arange(2)),  # one value per example
+        (np.float32(1.5), np.float32(2.5)),  # one number per batch
+        (np.ones((2, 3)), np.ones((1, 3))),  # same width: plain concatenation
+    ],
+)
 def test_pad_concat_matches_transformers(a, b):
     np.testing.assert_array_equal(pad_concat(a, b), nested_concat(np.atleast_1d(a), np.atleast_1d(b)))
 
@@ -294,17 +321,21 @@ def test_pad_concat_recurses_into_tuples_and_dicts():
 
 # ---- find_batch_size, outputs_to_predictions, EvalPrediction -------------------------------------
 
-@pytest.mark.parametrize("batch", [
-    {"input_ids": torch.zeros(3, 5), "labels": torch.zeros(3, 5)},
-    [np.zeros((4, 2))],
-    ({"a": None, "b": torch.zeros(2)},),
-    {"names": ["x", "y"], "input_ids": torch.zeros(6, 1)},  # a list of strings has no tensor
-    {"scalar": torch.tensor(1.0), "ids": torch.zeros(7)},  # a 0-d tensor is skipped
-    torch.tensor(3.0),
-    {},
-    [],
-    "text",
-])
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {"input_ids": torch.zeros(3, 5), "labels": torch.zeros(3, 5)},
+        [np.zeros((4, 2))],
+        ({"a": None, "b": torch.zeros(2)},),
+        {"names": ["x", "y"], "input_ids": torch.zeros(6, 1)},  # a list of strings has no tensor
+        {"scalar": torch.tensor(1.0), "ids": torch.zeros(7)},  # a 0-d tensor is skipped
+        torch.tensor(3.0),
+        {},
+        [],
+        "text",
+    ],
+)
 def test_find_batch_size_matches_transformers(batch):
     assert find_batch_size(batch) == hf_find_batch_size(batch)
 
@@ -327,8 +358,9 @@ def test_outputs_to_predictions_follows_transformers_rules():
     got = outputs_to_predictions((torch.tensor(1.0), logits, hidden), has_loss=True, ignore_keys=[])
     assert len(got) == 2 and torch.equal(got[0], logits)
     assert torch.equal(outputs_to_predictions((logits,), has_loss=False, ignore_keys=[]), logits)
-    assert torch.equal(outputs_to_predictions((torch.tensor(1.0), logits, None), has_loss=True, ignore_keys=[]),
-                       logits)  # None entries are dropped
+    assert torch.equal(
+        outputs_to_predictions((torch.tensor(1.0), logits, None), has_loss=True, ignore_keys=[]), logits
+    )  # None entries are dropped
     assert outputs_to_predictions({"loss": torch.tensor(1.0)}, has_loss=True, ignore_keys=[]) is None
     assert torch.equal(outputs_to_predictions(hidden, has_loss=False, ignore_keys=[]), hidden)
 
@@ -345,8 +377,9 @@ def test_outputs_to_predictions_on_a_real_model_output():
     assert len(kept) == 2 and torch.equal(kept[0], out.logits) and kept[1] is out["cache"]
 
 
-@pytest.mark.parametrize("extra", [{}, {"inputs": np.ones(2)}, {"losses": np.ones(2)},
-                                   {"inputs": np.ones(2), "losses": np.zeros(2)}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"inputs": np.ones(2)}, {"losses": np.ones(2)}, {"inputs": np.ones(2), "losses": np.zeros(2)}]
+)
 def test_eval_prediction_unpacks_like_transformers(extra):
     from transformers import EvalPrediction as HFEvalPrediction
 

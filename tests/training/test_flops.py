@@ -28,8 +28,16 @@ def gpt2_non_embedding_params(layers: int, d: int, vocab: int) -> int:
 def test_gpt2_matches_6n_plus_12_l_d_t(tied, seq_len):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=64, tie_word_embeddings=tied,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=64,
+        n_positions=64,
+        tie_word_embeddings=tied,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(config)
     assert (model.lm_head.weight is model.transformer.wte.weight) == tied
     n = gpt2_non_embedding_params(config.n_layer, config.n_embd, config.vocab_size)
@@ -44,9 +52,16 @@ def test_llama_counts_everything_but_the_input_embeddings():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     d, inter, layers, vocab, kv_heads, heads = 32, 64, 2, 64, 2, 4
-    config = LlamaConfig(hidden_size=d, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=64,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=d,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     kv = d // heads * kv_heads
     block = d * d + 2 * d * kv + d * d + 3 * d * inter + 2 * d  # q, k, v, o; gate, up, down; two RMSNorms
@@ -76,6 +91,7 @@ def test_wrappers_count_the_model_inside():
 
 # ---- peak FLOP/s ----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def gpu_named(monkeypatch):
     def name(value: str) -> None:
@@ -84,35 +100,41 @@ def gpu_named(monkeypatch):
     return name
 
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H200", 989e12),
-    ("NVIDIA H100 80GB HBM3", 989e12),
-    ("NVIDIA H100 PCIe", 756e12),  # the PCIe card before the H100 entry that would also match
-    ("NVIDIA GH200 480GB", 989e12),
-    ("NVIDIA B200", 2250e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12),  # not the A10's figure
-    ("NVIDIA A10G", 125e12),
-    ("NVIDIA A10", 125e12),
-    ("NVIDIA L40S", 362e12),  # not the L4's figure
-    ("NVIDIA L4", 121e12),
-    ("NVIDIA GeForce RTX 4090", 165e12),
-    ("NVIDIA GeForce RTX 3090", 71e12),
-    ("Tesla V100-SXM2-16GB", 125e12),
-    ("Tesla T4", 65e12),
-])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),  # the PCIe card before the H100 entry that would also match
+        ("NVIDIA GH200 480GB", 989e12),
+        ("NVIDIA B200", 2250e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),  # not the A10's figure
+        ("NVIDIA A10G", 125e12),
+        ("NVIDIA A10", 125e12),
+        ("NVIDIA L40S", 362e12),  # not the L4's figure
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA GeForce RTX 4090", 165e12),
+        ("NVIDIA GeForce RTX 3090", 71e12),
+        ("Tesla V100-SXM2-16GB", 125e12),
+        ("Tesla T4", 65e12),
+    ],
+)
 @pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
 def test_half_precision_peak_by_gpu_name(gpu_named, name, peak, amp):
     gpu_named(name)
     assert peak_flops(CUDA, amp) == peak
 
 
-@pytest.mark.parametrize("name, tf32, peak", [
-    ("NVIDIA A100-SXM4-80GB", True, 156e12),  # tf32 tensor cores: half the bf16 rate
-    ("NVIDIA A100-SXM4-80GB", False, 19.5e12),  # plain fp32
-    ("NVIDIA H100 80GB HBM3", True, 494.5e12),
-    ("NVIDIA H100 80GB HBM3", False, 67e12),
-    ("Tesla T4", False, 8.1e12),
-])
+@pytest.mark.parametrize(
+    "name, tf32, peak",
+    [
+        ("NVIDIA A100-SXM4-80GB", True, 156e12),  # tf32 tensor cores: half the bf16 rate
+        ("NVIDIA A100-SXM4-80GB", False, 19.5e12),  # plain fp32
+        ("NVIDIA H100 80GB HBM3", True, 494.5e12),
+        ("NVIDIA H100 80GB HBM3", False, 67e12),
+        ("Tesla T4", False, 8.1e12),
+    ],
+)
 def test_full_precision_peak_depends_on_tf32(gpu_named, monkeypatch, name, tf32, peak):
     gpu_named(name)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
@@ -145,6 +167,7 @@ def test_cpu_peak_is_measured_once_per_dtype_without_touching_the_global_rng():
 
 
 # ---- MFU scale ------------------------------------------------------------------------------------
+
 
 def test_mfu_scale_is_flops_per_token_over_the_peak_of_all_processes(gpu_named):
     gpu_named("NVIDIA H100 80GB HBM3")

@@ -38,8 +38,9 @@ def problem(dtype=torch.float32, bias=True, seed=0, ignore_every=4):
 
 def reference(hidden, weight, bias, labels, eps, upcast=True):
     logits = hidden @ weight.T + (bias if bias is not None else 0)
-    return F.cross_entropy(logits.float() if upcast else logits, labels, ignore_index=-100, reduction="sum",
-                           label_smoothing=eps)
+    return F.cross_entropy(
+        logits.float() if upcast else logits, labels, ignore_index=-100, reduction="sum", label_smoothing=eps
+    )
 
 
 def grads(loss, tensors):
@@ -99,8 +100,11 @@ def test_tied_weight_accumulates_both_uses():
     def run(fused: bool):
         emb.zero_grad()
         hidden = torch.tanh(emb(ids))
-        loss = linear_cross_entropy_sum(hidden, emb.weight, labels, chunk_size=5) if fused \
+        loss = (
+            linear_cross_entropy_sum(hidden, emb.weight, labels, chunk_size=5)
+            if fused
             else reference(hidden, emb.weight, None, labels, 0.0)
+        )
         loss.backward()
         return emb.weight.grad.clone()
 
@@ -147,8 +151,10 @@ def test_autocast_casts_like_f_linear_and_gradients_reach_float32_weights():
     explicit = linear_cross_entropy_sum(hidden.bfloat16(), weight.bfloat16(), labels, b.bfloat16(), chunk_size=8)
     assert torch.equal(out, explicit)
     out.backward()
-    assert weight.grad.dtype == torch.float32 and rel(weight.grad, grads(reference(hidden, weight, b, labels, 0.0),
-                                                                         (weight,))[0]) < 2e-2
+    assert (
+        weight.grad.dtype == torch.float32
+        and rel(weight.grad, grads(reference(hidden, weight, b, labels, 0.0), (weight,))[0]) < 2e-2
+    )
 
 
 def test_compiles_as_one_graph():
@@ -171,20 +177,36 @@ def test_bad_arguments_are_refused():
 
 # ---- model level ---------------------------------------------------------------------------------------------
 
+
 def tiny(kind: str, vocab: int = 300):
-    from transformers import (BertConfig, BertForMaskedLM, GPT2ForSequenceClassification, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import BertConfig, BertForMaskedLM, GPT2ForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if kind == "gpt2":
         return tiny_gpt2(vocab_size=vocab)
     if kind == "llama":  # untied head
-        return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
-                                            num_attention_heads=2, num_key_value_heads=2, vocab_size=vocab))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                vocab_size=vocab,
+            )
+        )
     if kind == "bert":  # masked LM whose head has a transform (dense, gelu, layer norm) before the decoder
-        return BertForMaskedLM(BertConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
-                                          num_attention_heads=2, vocab_size=vocab, hidden_dropout_prob=0.0,
-                                          attention_probs_dropout_prob=0.0))
+        return BertForMaskedLM(
+            BertConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=2,
+                vocab_size=vocab,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            )
+        )
     return GPT2ForSequenceClassification(tiny_gpt2(vocab_size=vocab).config)
 
 
@@ -306,13 +328,14 @@ def test_head_is_restored_when_the_forward_fails():
 
 # ---- the Trainer -------------------------------------------------------------------------------------------
 
+
 def lm_rows(n=12, length=16, vocab=64):
     g = torch.Generator().manual_seed(0)
     rows = []
     for i in range(n):
         ids = torch.randint(1, vocab, (length,), generator=g)
         labels = ids.clone()
-        labels[2 + i % 10:] = -100
+        labels[2 + i % 10 :] = -100
         rows.append({"input_ids": ids, "labels": labels})
     return rows
 
@@ -329,12 +352,23 @@ def test_trainer_losses_and_weights_match_with_loss_chunk_size(tmp_path, monkeyp
     # SGD, not Adam: Adam divides each element by its own gradient scale and so turns the rounding noise of
     # gradients that are exactly 0 (attention key biases) into weight changes of the learning rate's size
     for chunk in (0, 16):
-        args = TrainingArguments(output_dir=str(tmp_path / f"out{chunk}"), report_to="none", save_strategy="no",
-                                 logging_steps=1, learning_rate=0.1, optim="sgd", disable_tqdm=True, seed=0,
-                                 max_steps=4, per_device_train_batch_size=4, label_smoothing_factor=0.1,
-                                 loss_chunk_size=chunk)
-        trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=lm_rows(), eval_dataset=lm_rows(4),
-                          data_collator=stack)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"out{chunk}"),
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            learning_rate=0.1,
+            optim="sgd",
+            disable_tqdm=True,
+            seed=0,
+            max_steps=4,
+            per_device_train_batch_size=4,
+            label_smoothing_factor=0.1,
+            loss_chunk_size=chunk,
+        )
+        trainer = Trainer(
+            model=tiny_gpt2(), args=args, train_dataset=lm_rows(), eval_dataset=lm_rows(4), data_collator=stack
+        )
         trainer.train()
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
         results[chunk] = losses, trainer.evaluate()["eval_loss"], list(trainer.model.parameters())

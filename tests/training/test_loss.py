@@ -22,14 +22,22 @@ class Wrapper(nn.Module):
 
 
 def test_label_shift_of_causal_masked_and_wrapped_models():
-    from transformers import (BertConfig, BertForMaskedLM, GPT2ForSequenceClassification, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import BertConfig, BertForMaskedLM, GPT2ForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
     gpt2 = tiny_gpt2()
-    llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
-                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
-    bert = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
-                                      num_attention_heads=2, vocab_size=64))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=64,
+        )
+    )
+    bert = BertForMaskedLM(
+        BertConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2, vocab_size=64)
+    )
     assert label_shift(gpt2) == 1 and label_shift(llama) == 1
     assert label_shift(bert) == 0 and label_shift(GPT2ForSequenceClassification(gpt2.config)) == 0
     compiled = torch.compile(gpt2)  # compiles lazily: nothing runs here

@@ -38,6 +38,7 @@ class Unsized:
 
 # ---- RunPlan.make ---------------------------------------------------------------------------------
 
+
 def test_epochs_give_steps_rounded_up_per_epoch_and_overall(tmp_path):
     # 10 micro-batches, accumulation 3: steps of 3, 3, 3 and a tail of 1 -> 4 steps per epoch
     args = args_for(tmp_path, gradient_accumulation_steps=3, per_device_train_batch_size=2, num_train_epochs=2.5)
@@ -79,8 +80,7 @@ def test_unsized_loader_needs_max_steps(tmp_path):
 def test_micro_batch_and_accumulation_override_the_arguments(tmp_path):
     """auto_find_batch_size's halving re-plans with its own sizes; the user's args stay as given."""
     args = args_for(tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=1, num_train_epochs=1)
-    plan = RunPlan.make(args, loader=list(range(12)), dataset=blocks(4), world_size=2, micro_batch=4,
-                        grad_accum=2)
+    plan = RunPlan.make(args, loader=list(range(12)), dataset=blocks(4), world_size=2, micro_batch=4, grad_accum=2)
     assert (plan.micro_batch, plan.grad_accum) == (4, 2)
     assert plan.effective_batch == 4 * 2 * 2
     assert plan.steps_per_epoch == 6
@@ -93,16 +93,20 @@ def test_seq_len_is_none_when_unknown(tmp_path, dataset):
     assert plan.seq_len is None and plan.tokens_per_step is None
 
 
-@pytest.mark.parametrize("value, total, expected", [
-    (5, 40, 5),  # an integer is a step count
-    (5.0, 40, 5),
-    (0.25, 40, 10),  # below 1: a fraction of the total steps
-    (0.1, 25, 3),  # rounded up: ceil(2.5)
-    (0.001, 40, 1),  # never below one step
-])
+@pytest.mark.parametrize(
+    "value, total, expected",
+    [
+        (5, 40, 5),  # an integer is a step count
+        (5.0, 40, 5),
+        (0.25, 40, 10),  # below 1: a fraction of the total steps
+        (0.1, 25, 3),  # rounded up: ceil(2.5)
+        (0.001, 40, 1),  # never below one step
+    ],
+)
 def test_intervals_follow_transformers_fraction_rule(tmp_path, value, total, expected):
-    args = args_for(tmp_path, max_steps=total, logging_steps=value, save_steps=value, eval_strategy="steps",
-                    eval_steps=value)
+    args = args_for(
+        tmp_path, max_steps=total, logging_steps=value, save_steps=value, eval_strategy="steps", eval_steps=value
+    )
     plan = RunPlan.make(args, loader=list(range(total)), dataset=blocks(1))
     assert plan.logging_steps == plan.save_steps == plan.eval_steps == expected
 
@@ -114,6 +118,7 @@ def test_eval_steps_unset_with_step_evaluation_uses_logging_steps(tmp_path):
 
 
 # ---- due ------------------------------------------------------------------------------------------
+
 
 def test_due_by_steps_epochs_and_never(tmp_path):
     args = args_for(tmp_path, max_steps=12, logging_steps=3, eval_strategy="epoch", save_strategy="no")
@@ -127,14 +132,24 @@ def test_due_by_steps_epochs_and_never(tmp_path):
 
 
 def test_due_by_steps_without_an_interval_is_never():
-    plan = RunPlan(batches_per_epoch=4, steps_per_epoch=4, total_steps=4, num_epochs=1, effective_batch=1,
-                   seq_len=None, logging_steps=1, eval_steps=None, save_steps=None,
-                   strategies={"logging": "steps", "eval": "steps", "save": "steps"})
+    plan = RunPlan(
+        batches_per_epoch=4,
+        steps_per_epoch=4,
+        total_steps=4,
+        num_epochs=1,
+        effective_batch=1,
+        seq_len=None,
+        logging_steps=1,
+        eval_steps=None,
+        save_steps=None,
+        strategies={"logging": "steps", "eval": "steps", "save": "steps"},
+    )
     assert [plan.due("logging", s, False) for s in (1, 2)] == [True, True]
     assert not any(plan.due(kind, s, True) for kind in ("eval", "save") for s in range(1, 5))
 
 
 # ---- set_seed -------------------------------------------------------------------------------------
+
 
 def _draws():
     return random.random(), float(np.random.rand()), float(torch.rand(()))
@@ -173,6 +188,7 @@ def test_set_seed_deterministic_turns_on_deterministic_algorithms(monkeypatch):
 
 # ---- ineffective settings and the summary ---------------------------------------------------------
 
+
 def _plan(args, batches=10):
     return RunPlan.make(args, loader=list(range(batches)), dataset=blocks(4, length=16))
 
@@ -183,9 +199,22 @@ def test_defaults_have_no_ineffective_settings(tmp_path):
 
 
 def test_settings_overridden_by_others_are_named(tmp_path):
-    args = args_for(tmp_path, max_steps=5, num_train_epochs=2, warmup_steps=3, warmup_ratio=0.1, eval_steps=7,
-                    save_strategy="no", save_total_limit=2, save_steps=9, logging_strategy="epoch",
-                    logging_steps=3, dataloader_prefetch_factor=4, tf32=True, do_eval=True)
+    args = args_for(
+        tmp_path,
+        max_steps=5,
+        num_train_epochs=2,
+        warmup_steps=3,
+        warmup_ratio=0.1,
+        eval_steps=7,
+        save_strategy="no",
+        save_total_limit=2,
+        save_steps=9,
+        logging_strategy="epoch",
+        logging_steps=3,
+        dataloader_prefetch_factor=4,
+        tf32=True,
+        do_eval=True,
+    )
     notes = ineffective_settings(args, _plan(args), CPU)
     assert set(notes) == {
         "num_train_epochs (max_steps is set)",
@@ -202,34 +231,52 @@ def test_settings_overridden_by_others_are_named(tmp_path):
 
 def test_settings_that_take_effect_are_not_named(tmp_path):
     # the same fields, each where it does change something
-    args = args_for(tmp_path, num_train_epochs=2, warmup_ratio=0.1, eval_strategy="steps", eval_steps=7,
-                    save_total_limit=2, save_steps=9, logging_steps=3, dataloader_num_workers=1,
-                    dataloader_prefetch_factor=4)
+    args = args_for(
+        tmp_path,
+        num_train_epochs=2,
+        warmup_ratio=0.1,
+        eval_strategy="steps",
+        eval_steps=7,
+        save_total_limit=2,
+        save_steps=9,
+        logging_steps=3,
+        dataloader_num_workers=1,
+        dataloader_prefetch_factor=4,
+    )
     assert ineffective_settings(args, _plan(args), CPU) == []
     cuda = Runtime(device=torch.device("cuda", 0))
     args = args_for(tmp_path, tf32=False, dataloader_pin_memory=False)
     assert ineffective_settings(args, _plan(args), cuda) == []
-    assert ineffective_settings(args, _plan(args), CPU) == ["dataloader_pin_memory (not on CUDA)",
-                                                             "tf32 (not on CUDA)"]
+    assert ineffective_settings(args, _plan(args), CPU) == ["dataloader_pin_memory (not on CUDA)", "tf32 (not on CUDA)"]
 
 
 def test_describe_run_states_batch_tokens_steps_and_parameters(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(100, 100), torch.nn.Linear(100, 50))  # 10,100 + 5,050
     model[1].weight.requires_grad_(False)  # 5,000 frozen
-    args = args_for(tmp_path, per_device_train_batch_size=5, gradient_accumulation_steps=4, num_train_epochs=2,
-                    warmup_ratio=0.1, learning_rate=3e-4, lr_scheduler_type="cosine")
+    args = args_for(
+        tmp_path,
+        per_device_train_batch_size=5,
+        gradient_accumulation_steps=4,
+        num_train_epochs=2,
+        warmup_ratio=0.1,
+        learning_rate=3e-4,
+        lr_scheduler_type="cosine",
+    )
     rt = Runtime(device=torch.device("cpu"), amp_dtype=torch.bfloat16, world_size=3, notes=["a runtime note"])
     plan = RunPlan.make(args, loader=list(range(50)), dataset=blocks(2, length=100), world_size=3)
     text = describe_run(plan, args, model, rt, resume="out/checkpoint-7", ignored_kwargs=["tokenizer_extra"])
     lines = text.splitlines()
     assert lines[0] == "lmtrain: Sequential with 0.02M parameters (0.01M trainable) on cpu x3 processes, bf16"
     # 5 x 4 x 3 = 60 sequences of 100 tokens
-    assert lines[1] == "  effective batch 60 = 5 per device x 4 accumulation x 3 process(es); " \
-                       "6,000 tokens per optimizer step"
+    assert (
+        lines[1] == "  effective batch 60 = 5 per device x 4 accumulation x 3 process(es); "
+        "6,000 tokens per optimizer step"
+    )
     # 50 batches / 4 = 13 steps per epoch, 26 in all, warmup ceil(2.6) = 3
-    assert lines[2] == ("  26 optimizer steps (13 per epoch, 2 epoch(s)), warmup 3 steps, cosine schedule, "
-                        "peak lr 0.0003")
+    assert lines[2] == (
+        "  26 optimizer steps (13 per epoch, 2 epoch(s)), warmup 3 steps, cosine schedule, peak lr 0.0003"
+    )
     assert lines[3] == "  resuming from out/checkpoint-7"
     assert lines[4] == "  set but without effect here: tokenizer_extra (not used by lmtrain); a runtime note"
     assert len(lines) == 5

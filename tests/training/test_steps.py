@@ -52,8 +52,16 @@ class ResumableLoader:
 def index_loader(n: int, batch_size: int, seed: int = 3):
     """The Trainer's resumable, shuffled loader over rows that carry their own index."""
     rows = [{"idx": i} for i in range(n)]
-    return make_loader(rows, lambda feats: {"idx": torch.tensor([f["idx"] for f in feats])}, batch_size,
-                       shuffle=True, data_seed=seed, drop_last=False, num_workers=0, pin_memory=False)
+    return make_loader(
+        rows,
+        lambda feats: {"idx": torch.tensor([f["idx"] for f in feats])},
+        batch_size,
+        shuffle=True,
+        data_seed=seed,
+        drop_last=False,
+        num_workers=0,
+        pin_memory=False,
+    )
 
 
 def ids(groups):
@@ -62,6 +70,7 @@ def ids(groups):
 
 
 # ---- grouping -------------------------------------------------------------------------------------
+
 
 def test_groups_micro_batches_and_yields_a_short_tail():
     state = TrainState()
@@ -121,6 +130,7 @@ def test_an_epoch_already_read_to_its_end_yields_nothing():
 
 
 # ---- out of memory: halve the micro-batch, rewind to the failed step ------------------------------
+
 
 def test_halve_batch_doubles_accumulation_and_rewinds_to_the_failed_step():
     state = TrainState(data_epoch=2)

@@ -31,8 +31,15 @@ def stack(features):
 
 
 def make_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), report_to="none", save_strategy="no", logging_steps=1,
-                learning_rate=1e-2, disable_tqdm=True, seed=0)
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-2,
+        disable_tqdm=True,
+        seed=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -45,9 +52,12 @@ def test_step_loss_is_token_weighted_over_accumulation(tmp_path):
     data = ragged_dataset()
     results = {}
     for bs, ga in ((8, 1), (4, 2), (2, 4), (1, 8)):
-        trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, per_device_train_batch_size=bs,
-                                                              gradient_accumulation_steps=ga, max_steps=2),
-                          train_dataset=data, data_collator=stack)
+        trainer = Trainer(
+            model=tiny_gpt2(),
+            args=make_args(tmp_path, per_device_train_batch_size=bs, gradient_accumulation_steps=ga, max_steps=2),
+            train_dataset=data,
+            data_collator=stack,
+        )
         trainer.train()
         results[(bs, ga)] = (first_losses(trainer), [p.detach().clone() for p in trainer.model.parameters()])
     ref_losses, ref_params = results[(8, 1)]
@@ -56,8 +66,9 @@ def test_step_loss_is_token_weighted_over_accumulation(tmp_path):
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0 * 1000 + 0))[:8].tolist()
     batch = stack([data[i] for i in order])
     logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
-    by_hand = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), batch["labels"][:, 1:].reshape(-1),
-                                                ignore_index=-100, reduction="mean")
+    by_hand = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 64), batch["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="mean"
+    )
     assert ref_losses[0] == pytest.approx(float(by_hand.detach()), rel=1e-5)
     for key, (losses, params) in results.items():
         assert losses == pytest.approx(ref_losses, rel=1e-5), key
@@ -70,8 +81,9 @@ def test_eval_loss_does_not_depend_on_eval_batch_size(tmp_path):
     model = tiny_gpt2()
     losses = []
     for bs in (1, 3, 13):
-        trainer = Trainer(model=model, args=make_args(tmp_path, per_device_eval_batch_size=bs), eval_dataset=data,
-                          data_collator=stack)
+        trainer = Trainer(
+            model=model, args=make_args(tmp_path, per_device_eval_batch_size=bs), eval_dataset=data, data_collator=stack
+        )
         metrics = trainer.evaluate()
         losses.append(metrics["eval_loss"])
         assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
@@ -91,10 +103,14 @@ def test_compute_metrics_with_preprocess_and_accumulation(tmp_path):
         mask = labels[:, 1:] != -100
         return {"accuracy": float((preds[:, :-1] == labels[:, 1:])[mask].mean())}
 
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, per_device_eval_batch_size=3,
-                                                         eval_accumulation_steps=2),
-                      eval_dataset=data, data_collator=stack, compute_metrics=compute_metrics,
-                      preprocess_logits_for_metrics=preprocess)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, per_device_eval_batch_size=3, eval_accumulation_steps=2),
+        eval_dataset=data,
+        data_collator=stack,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess,
+    )
     metrics = trainer.evaluate()
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     assert seen["shapes"] == ((10, 12), (10, 12))
@@ -120,13 +136,22 @@ def test_unused_columns_are_dropped_and_all_unused_is_an_error(tmp_path):
 def test_hf_datasets_dataset_is_accepted(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = ragged_dataset(n=8)
-    ds = datasets.Dataset.from_dict({"input_ids": [r["input_ids"].tolist() for r in rows],
-                                     "labels": [r["labels"].tolist() for r in rows],
-                                     "text": ["x"] * 8})
+    ds = datasets.Dataset.from_dict(
+        {
+            "input_ids": [r["input_ids"].tolist() for r in rows],
+            "labels": [r["labels"].tolist() for r in rows],
+            "text": ["x"] * 8,
+        }
+    )
     from lmtrain import default_data_collator
 
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=4),
-                      train_dataset=ds, eval_dataset=ds, data_collator=default_data_collator)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=2, per_device_train_batch_size=4),
+        train_dataset=ds,
+        eval_dataset=ds,
+        data_collator=default_data_collator,
+    )
     out = trainer.train()
     assert out.global_step == 2 and math.isfinite(out.training_loss)
 
@@ -138,8 +163,12 @@ def test_iterable_dataset_needs_max_steps(tmp_path):
         def __iter__(self):
             return iter(rows * 10)
 
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=3, per_device_train_batch_size=4),
-                      train_dataset=Stream(), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=3, per_device_train_batch_size=4),
+        train_dataset=Stream(),
+        data_collator=stack,
+    )
     assert trainer.train().global_step == 3
     no_steps = Trainer(model=tiny_gpt2(), args=make_args(tmp_path), train_dataset=Stream(), data_collator=stack)
     with pytest.raises(LmtrainError, match="max_steps"):
@@ -166,17 +195,25 @@ def test_callback_can_stop_training_and_force_a_save(tmp_path):
         def on_train_end(self, args, state, control, **kwargs):
             events.append("train_end")
 
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=10, per_device_train_batch_size=2),
-                      train_dataset=ragged_dataset(), data_collator=stack, callbacks=[StopAndSave, Recorder()])
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=10, per_device_train_batch_size=2),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+        callbacks=[StopAndSave, Recorder()],
+    )
     assert trainer.train().global_step == 3
     assert events == ["train_begin", "save-3", "train_end"]
     assert (tmp_path / "out" / "checkpoint-3" / "COMPLETE").exists()
 
 
 def test_logs_go_to_jsonl_and_state(tmp_path):
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=4, logging_steps=2,
-                                                         per_device_train_batch_size=4),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path, max_steps=4, logging_steps=2, per_device_train_batch_size=4),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     trainer.train()
     trainer.save_state()
     lines = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
@@ -189,17 +226,32 @@ def test_logs_go_to_jsonl_and_state(tmp_path):
 
 def test_nan_loss_stops_with_one_clear_error(tmp_path):
     model = tiny_gpt2()
-    trainer = Trainer(model=model, args=make_args(tmp_path, max_steps=4, logging_steps=2, learning_rate=1e30,
-                                                  max_grad_norm=0, per_device_train_batch_size=4),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=model,
+        args=make_args(
+            tmp_path, max_steps=4, logging_steps=2, learning_rate=1e30, max_grad_norm=0, per_device_train_batch_size=4
+        ),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     with pytest.raises(LmtrainError, match=r"NaN or infinite at step \d+; lower the learning rate"):
         trainer.train()
 
 
 def test_start_summary_names_ineffective_settings(tmp_path, capsys):
-    trainer = Trainer(model=tiny_gpt2(), args=make_args(tmp_path, max_steps=1, num_train_epochs=7, eval_steps=5,
-                                                         per_device_train_batch_size=4, gradient_accumulation_steps=2),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(
+            tmp_path,
+            max_steps=1,
+            num_train_epochs=7,
+            eval_steps=5,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+        ),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     trainer.train()
     out = capsys.readouterr().out
     assert "effective batch 8" in out and "96 tokens per optimizer step" in out
@@ -217,9 +269,13 @@ def test_nan_policy_skip_leaves_weights_untouched_and_counts(tmp_path):
         def on_step_begin(self, args, state, control, **kwargs):
             poison["on"] = state.global_step == 1
 
-    trainer = Trainer(model=model, args=make_args(tmp_path, max_steps=4, logging_steps=4, nan_policy="skip",
-                                                   per_device_train_batch_size=4),
-                      train_dataset=ragged_dataset(), data_collator=stack, callbacks=[PoisonSecondStep()])
+    trainer = Trainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=4, logging_steps=4, nan_policy="skip", per_device_train_batch_size=4),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+        callbacks=[PoisonSecondStep()],
+    )
     trainer.train()
     record = [r for r in trainer.state.log_history if "loss" in r][0]
     assert record["skipped_steps"] == 1 and math.isfinite(record["loss"])
@@ -234,17 +290,23 @@ def test_auto_find_batch_size_halves_on_out_of_memory(tmp_path, capsys):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     model.transformer.register_forward_pre_hook(pretend_oom)
-    trainer = Trainer(model=model, args=make_args(tmp_path, max_steps=3, per_device_train_batch_size=8,
-                                                   auto_find_batch_size=True),
-                      train_dataset=ragged_dataset(), data_collator=stack)
+    trainer = Trainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=3, per_device_train_batch_size=8, auto_find_batch_size=True),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     assert trainer.train().global_step == 3
     assert (trainer._train_batch_size, trainer._gradient_accumulation_steps) == (2, 4)
     assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (8, 1)  # as given
     assert capsys.readouterr().out.count("out of memory") == 2
     # the same samples and effective batch as a run that fit from the start
-    ref = Trainer(model=tiny_gpt2(), args=make_args(tmp_path / "ref", max_steps=3, per_device_train_batch_size=2,
-                                                     gradient_accumulation_steps=4),
-                  train_dataset=ragged_dataset(), data_collator=stack)
+    ref = Trainer(
+        model=tiny_gpt2(),
+        args=make_args(tmp_path / "ref", max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=4),
+        train_dataset=ragged_dataset(),
+        data_collator=stack,
+    )
     ref.train()
     assert first_losses(trainer) == pytest.approx(first_losses(ref), rel=1e-5)
     # the failed attempts' tokens are not counted: the same tokens seen as the run that fit

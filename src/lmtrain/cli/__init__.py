@@ -23,9 +23,22 @@ from .report import cmd_report
 from .train import SAMPLE_NOTE, cmd_train
 
 # the names lmtrain.cli had when it was one module (the arguments and defaults now live in recipe_args)
-__all__ = ["CLI_TRAINING_DEFAULTS", "COMMANDS", "DataArguments", "EvalArguments", "GenerateArguments",
-           "ModelArguments", "PrepareArguments", "SAMPLE_NOTE", "cmd_eval", "cmd_generate", "cmd_prepare",
-           "cmd_report", "cmd_train", "main"]
+__all__ = [
+    "CLI_TRAINING_DEFAULTS",
+    "COMMANDS",
+    "DataArguments",
+    "EvalArguments",
+    "GenerateArguments",
+    "ModelArguments",
+    "PrepareArguments",
+    "SAMPLE_NOTE",
+    "cmd_eval",
+    "cmd_generate",
+    "cmd_prepare",
+    "cmd_report",
+    "cmd_train",
+    "main",
+]
 
 COMMANDS = {
     "train": (cmd_train, "train or fine-tune a model on text files"),

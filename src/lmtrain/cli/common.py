@@ -19,7 +19,7 @@ def split_config(argv: Sequence[str]) -> tuple:
     for i, arg in enumerate(argv):
         if arg == "--config" or arg.startswith("--config="):
             path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-            del argv[i: i + (1 if "=" in arg else 2)]
+            del argv[i : i + (1 if "=" in arg else 2)]
             if not os.path.isfile(path):
                 raise LmtrainError(f"--config {path!r}: no such file; check the path.")
             values = read_yaml(path) or {}  # JSON is YAML too
@@ -56,10 +56,13 @@ def check_output_dir(path: str) -> None:
             if os.path.isdir(here):
                 return
             if here == os.path.abspath(path):
-                raise ConfigError(f"--output_dir {path} is a file, not a folder; pass a folder path "
-                                  f"(it is created if missing).")
-            raise ConfigError(f"--output_dir {path} cannot be created: {here} is a file, not a folder; "
-                              f"pass an --output_dir outside it (or move the file away).")
+                raise ConfigError(
+                    f"--output_dir {path} is a file, not a folder; pass a folder path (it is created if missing)."
+                )
+            raise ConfigError(
+                f"--output_dir {path} cannot be created: {here} is a file, not a folder; "
+                f"pass an --output_dir outside it (or move the file away)."
+            )
         parent = os.path.dirname(here)
         if parent == here:
             return
@@ -100,9 +103,15 @@ def tokenizer_for(model_args: ModelArguments, train_files: List[Any], data_args:
         from ..data.bpe import train_bpe_tokenizer
 
         say(f"training a byte-level BPE tokenizer (vocab {model_args.vocab_size}) on the training files")
-        tok = train_bpe_tokenizer(train_files, vocab_size=model_args.vocab_size, text_column=data_args.text_column,
-                                  encoding_errors=data_args.encoding_errors)
+        tok = train_bpe_tokenizer(
+            train_files,
+            vocab_size=model_args.vocab_size,
+            text_column=data_args.text_column,
+            encoding_errors=data_args.encoding_errors,
+        )
     if model_args.mlm and tok.mask_token is None:
-        raise LmtrainError("the tokenizer has no mask token, which --mlm needs; use a tokenizer with one "
-                           "(or leave out --tokenizer_name to train one).")
+        raise LmtrainError(
+            "the tokenizer has no mask token, which --mlm needs; use a tokenizer with one "
+            "(or leave out --tokenizer_name to train one)."
+        )
     return tok

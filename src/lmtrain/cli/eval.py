@@ -46,12 +46,20 @@ def cmd_eval(argv: Sequence[str]) -> int:
     with quiet_model_loading():
         model = build_model(tokenizer=tokenizer, mlm=a.mlm, block_size=1, model_name_or_path=a.model)
     block = a.block_size or min(max_positions(model) or 1024, 1024)
-    _, eval_ds, info = prepare_datasets(resolve_files(a.file), tokenizer, block, validation_files=resolve_files(a.file),
-                                        mlm=a.mlm, cache_dir=a.cache_dir, text_column=a.text_column,
-                                        max_positions=max_positions(model))
+    _, eval_ds, info = prepare_datasets(
+        resolve_files(a.file),
+        tokenizer,
+        block,
+        validation_files=resolve_files(a.file),
+        mlm=a.mlm,
+        cache_dir=a.cache_dir,
+        text_column=a.text_column,
+        max_positions=max_positions(model),
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=a.batch_size, use_cpu=a.use_cpu,
-                                 disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=tmp, per_device_eval_batch_size=a.batch_size, use_cpu=a.use_cpu, disable_tqdm=True
+        )
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=True) if a.mlm else default_data_collator
         trainer = Trainer(model=model, args=args, data_collator=collator, processing_class=tokenizer, callbacks=[])
         trainer.callback_handler.callbacks = []  # print only the result below

@@ -44,10 +44,16 @@ def cmd_generate(argv: Sequence[str]) -> int:
     ids = tokenizer(a.prompt or tokenizer.eos_token, return_tensors="pt", add_special_tokens=False)
     sample = a.temperature > 0
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=a.max_new_tokens, do_sample=sample,
-                             temperature=a.temperature if sample else None, top_k=a.top_k if sample else None,
-                             top_p=a.top_p if sample else None, num_return_sequences=a.num_return_sequences,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        out = model.generate(
+            **ids,
+            max_new_tokens=a.max_new_tokens,
+            do_sample=sample,
+            temperature=a.temperature if sample else None,
+            top_k=a.top_k if sample else None,
+            top_p=a.top_p if sample else None,
+            num_return_sequences=a.num_return_sequences,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
     for row in out:
         print(tokenizer.decode(row, skip_special_tokens=True))
         if a.num_return_sequences > 1:

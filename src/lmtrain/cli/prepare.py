@@ -29,12 +29,21 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     margs = ModelArguments(tokenizer_name=p.tokenizer_name, vocab_size=p.vocab_size, mlm=p.mlm)
     tokenizer = tokenizer_for(margs, files, d)
     start = time.perf_counter()
-    _, _, info = prepare_datasets(files, tokenizer, d.block_size,
-                                  validation_files=resolve_files(d.validation_file) if d.validation_file else None,
-                                  mlm=p.mlm, validation_split_percentage=d.validation_split_percentage,
-                                  cache_dir=d.cache_dir, text_column=d.text_column, encoding_errors=d.encoding_errors,
-                                  overwrite_cache=d.overwrite_cache)
-    print(f"documents: {info['train_documents']:,}\ntokens: {info['train_tokens']:,}\n"
-          f"blocks: {info['train_blocks']:,} train, {info['eval_blocks']:,} validation (block_size {d.block_size})\n"
-          f"cache: {', '.join(info['cache_dirs'])}\ntime: {time.perf_counter() - start:.2f}s")
+    _, _, info = prepare_datasets(
+        files,
+        tokenizer,
+        d.block_size,
+        validation_files=resolve_files(d.validation_file) if d.validation_file else None,
+        mlm=p.mlm,
+        validation_split_percentage=d.validation_split_percentage,
+        cache_dir=d.cache_dir,
+        text_column=d.text_column,
+        encoding_errors=d.encoding_errors,
+        overwrite_cache=d.overwrite_cache,
+    )
+    print(
+        f"documents: {info['train_documents']:,}\ntokens: {info['train_tokens']:,}\n"
+        f"blocks: {info['train_blocks']:,} train, {info['eval_blocks']:,} validation (block_size {d.block_size})\n"
+        f"cache: {', '.join(info['cache_dirs'])}\ntime: {time.perf_counter() - start:.2f}s"
+    )
     return 0

@@ -21,8 +21,10 @@ from typing import Any, Dict, List, Sequence
 from ..recipe_args import CLI_TRAINING_DEFAULTS, DataArguments, ModelArguments
 from .common import check_model_dir, check_output_dir, default_output_dir, parse, say, tokenizer_for
 
-SAMPLE_NOTE = ("no --train_file given: training on the sample corpus shipped with lmtrain "
-               "(Shakespeare's Sonnets, A Midsummer Night's Dream, A Lover's Complaint; public domain)")
+SAMPLE_NOTE = (
+    "no --train_file given: training on the sample corpus shipped with lmtrain "
+    "(Shakespeare's Sonnets, A Midsummer Night's Dream, A Lover's Complaint; public domain)"
+)
 SAMPLE_PROMPT = "Shall I compare thee"
 """The prompt of the sample printed at the end of a run on the packaged corpus (Sonnet 18)."""
 
@@ -32,8 +34,9 @@ def cmd_train(argv: Sequence[str]) -> int:
     from ..args import TrainingArguments
 
     defaults = {**CLI_TRAINING_DEFAULTS, "output_dir": default_output_dir()}
-    model_args, data_args, train_args = parse([ModelArguments, DataArguments, TrainingArguments], argv,
-                                              "lmtrain train", defaults)
+    model_args, data_args, train_args = parse(
+        [ModelArguments, DataArguments, TrainingArguments], argv, "lmtrain train", defaults
+    )
     return train(model_args, data_args, train_args)
 
 
@@ -71,29 +74,55 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         train_files = sample_corpus_files()
     validation_files = resolve_files(data_args.validation_file) if data_args.validation_file else None
     tokenizer = tokenizer_for(model_args, train_files, data_args)
-    model = build_model(tokenizer=tokenizer, mlm=model_args.mlm, block_size=data_args.block_size,
-                        model_name_or_path=model_args.model_name_or_path, model_type=model_args.model_type,
-                        config_name=model_args.config_name, config_overrides=model_args.config_overrides,
-                        revision=model_args.model_revision, seed=train_args.seed)
+    model = build_model(
+        tokenizer=tokenizer,
+        mlm=model_args.mlm,
+        block_size=data_args.block_size,
+        model_name_or_path=model_args.model_name_or_path,
+        model_type=model_args.model_type,
+        config_name=model_args.config_name,
+        config_overrides=model_args.config_overrides,
+        revision=model_args.model_revision,
+        seed=train_args.seed,
+    )
     if model_args.lora_r > 0:
         from ..models import apply_lora
 
-        model = apply_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
-                           model_args.lora_target_modules, model_args.mlm)
+        model = apply_lora(
+            model,
+            model_args.lora_r,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            model_args.lora_target_modules,
+            model_args.mlm,
+        )
     train_ds, eval_ds, info = prepare_datasets(
-        train_files, tokenizer, data_args.block_size, validation_files=validation_files, mlm=model_args.mlm,
-        validation_split_percentage=data_args.validation_split_percentage, cache_dir=data_args.cache_dir,
-        encoding_errors=data_args.encoding_errors, text_column=data_args.text_column,
-        overwrite_cache=data_args.overwrite_cache, seed=train_args.seed, max_positions=max_positions(model),
+        train_files,
+        tokenizer,
+        data_args.block_size,
+        validation_files=validation_files,
+        mlm=model_args.mlm,
+        validation_split_percentage=data_args.validation_split_percentage,
+        cache_dir=data_args.cache_dir,
+        encoding_errors=data_args.encoding_errors,
+        text_column=data_args.text_column,
+        overwrite_cache=data_args.overwrite_cache,
+        seed=train_args.seed,
+        max_positions=max_positions(model),
     )
-    say(f"data: {info['train_tokens']:,} training tokens in {info['train_blocks']:,} blocks of "
-        f"{data_args.block_size}" + (f"; {info['eval_blocks']:,} validation blocks" if eval_ds is not None else ""))
+    say(
+        f"data: {info['train_tokens']:,} training tokens in {info['train_blocks']:,} blocks of "
+        f"{data_args.block_size}" + (f"; {info['eval_blocks']:,} validation blocks" if eval_ds is not None else "")
+    )
     if train_args.dataloader_num_workers > 0:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # tokenizing is done; forked workers must not use threads
     if eval_ds is None and train_args.eval_strategy != "no":
         train_args.eval_strategy = "no"
-    collator = (DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=model_args.mlm_probability)
-                if model_args.mlm else default_data_collator)
+    collator = (
+        DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=model_args.mlm_probability)
+        if model_args.mlm
+        else default_data_collator
+    )
     from ..training.reporting import LogLastStepCallback, SampleCallback
 
     callbacks: List[Any] = [LogLastStepCallback()]  # the run's last step is always in the log
@@ -101,8 +130,15 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
     if model_args.eval_sample_prompt and not model_args.mlm:
         sampler = SampleCallback(tokenizer, model_args.eval_sample_prompt)
         callbacks.append(sampler)
-    trainer = Trainer(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer = Trainer(
+        model=model,
+        args=train_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
     trainer.refuse_existing_checkpoints = True  # a CLI run never silently mixes with an earlier one
     result = trainer.train(resume_from_checkpoint=True if data_args.resume else None)
     if trainer.interrupted:

@@ -15,7 +15,10 @@ from typing import Any
 
 _EXPORTS = {
     "readers": [
-        "SUPPORTED_EXTENSIONS", "sample_corpus_files", "resolve_files", "iter_documents",
+        "SUPPORTED_EXTENSIONS",
+        "sample_corpus_files",
+        "resolve_files",
+        "iter_documents",
         "count_bytes",
     ],
     "bpe": ["train_bpe_tokenizer"],

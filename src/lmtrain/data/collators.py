@@ -316,7 +316,10 @@ class DataCollatorForLanguageModeling:
         return _finish(batch, self.return_tensors)
 
     def mask_tokens(
-        self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, special: Optional[torch.Tensor] = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        special: Optional[torch.Tensor] = None,
     ) -> tuple:
         """Return (masked input ids, labels) for masked LM; `input_ids` is not modified."""
         gen = self._rng()

@@ -49,6 +49,7 @@ DISABLE_ENV = "LMTRAIN_NO_FAST_BPE"
 _EMPTY = np.empty(0, dtype=np.uint32)
 _U32 = next((c for c in "IL" if array(c).itemsize == 4), None)  # array typecode of uint32
 
+
 def fast_bpe_disabled() -> bool:
     """True when ``$LMTRAIN_NO_FAST_BPE`` asks for the tokenizer's own encoder."""
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
@@ -222,7 +223,7 @@ def _ranks(model: dict[str, Any]) -> tuple[dict[bytes, int], np.ndarray | None]:
     """tiktoken's mergeable ranks, and a rank -> id table unless ranks are the ids."""
     vocab: dict[str, int] = model["vocab"]
     byte_ids = []
-    for b, ch in sorted(_bytes_to_unicode().items()):
+    for _b, ch in sorted(_bytes_to_unicode().items()):
         _require(ch in vocab, f"its vocabulary lacks the byte token {ch!r}")
         byte_ids.append(int(vocab[ch]))
     merges = _merge_pairs(model.get("merges") or [])
@@ -256,9 +257,7 @@ def _ranks(model: dict[str, Any]) -> tuple[dict[bytes, int], np.ndarray | None]:
     return ranks, table
 
 
-def _added_passes(
-    state: dict[str, Any], encode_special_tokens: bool
-) -> list[tuple[re.Pattern[str], dict[str, int]]]:
+def _added_passes(state: dict[str, Any], encode_special_tokens: bool) -> list[tuple[re.Pattern[str], dict[str, int]]]:
     """Regexes finding added tokens the way tokenizers' AddedVocabulary does.
 
     Tokens that are not normalized are split off first, then normalized ones
@@ -288,8 +287,7 @@ def _probe_texts() -> list[str]:
     """Texts on which the fast encoder must agree with the tokenizer."""
     low = "".join(chr(c) for c in range(0x800) if not 0xD800 <= c < 0xE000)
     spaces = "".join(
-        chr(c) for c in range(0x3100)
-        if chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cf")
+        chr(c) for c in range(0x3100) if chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cf")
     )
     return [
         "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n",
@@ -299,7 +297,7 @@ def _probe_texts() -> list[str]:
         "a  b   c\t\td \n\n  \n e   \r\n\r\n\x0b\x0c f\u00a0g\u2003h\u3000i\u2028j\u200bk \n  ",
         "   leading and trailing   ",
         "naïve café — 日本語のテキスト 한국어 Ελληνικά русский עברית العربية हिन्दी 🙂👍🏽 e\u0301 "
-        "\U0001F469\u200D\U0001F4BB \U00010400\U0001D400 \ufeffbom",
+        "\U0001f469\u200d\U0001f4bb \U00010400\U0001d400 \ufeffbom",
         "foo<|endoftext|>bar <pad> x<mask>y <|endoftext|>\n<|endoftext|><|endoftext|> <|endo <pad",
         "\x00\x01\x1f\x7f control \x1b[0m",
         "!!! ??? ... --- ''' \"\"\" (([{}])) @#$%^&*_+=~`|\\/<> ,,, ;;; ::",
@@ -319,8 +317,11 @@ def _reference(backend: Any) -> Any:
     That fallback encodes with a copy made from ``to_str()``, which also drops
     ``encode_special_tokens``; the original serves when it has none of these.
     """
-    if (getattr(backend, "truncation", None) is None and getattr(backend, "padding", None) is None
-            and not getattr(backend, "encode_special_tokens", False)):
+    if (
+        getattr(backend, "truncation", None) is None
+        and getattr(backend, "padding", None) is None
+        and not getattr(backend, "encode_special_tokens", False)
+    ):
         return backend
     from tokenizers import Tokenizer
 
@@ -368,9 +369,7 @@ def _make(tiktoken: Any, backend: Any, text: str, num_threads: int | None) -> Fa
         _check_pipeline(state)
         ranks, table = _ranks(state["model"])
         passes = _added_passes(state, encode_special_tokens=False)  # as the fallback's copy
-        encoding = tiktoken.Encoding(
-            "lmtrain-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}
-        )
+        encoding = tiktoken.Encoding("lmtrain-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
         del state, ranks
     except _NotEligible as e:
         logger.debug("fast BPE not used: %s", e)

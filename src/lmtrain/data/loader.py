@@ -88,8 +88,17 @@ class ResumableBatchSampler(Sampler[List[int]]):
     wraps around to the start of the order, so every rank takes the same number of steps.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, data_seed: int, drop_last: bool,
-                 rank: int = 0, world_size: int = 1, lengths: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        data_seed: int,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: Optional[Sequence[int]] = None,
+    ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -125,7 +134,7 @@ class ResumableBatchSampler(Sampler[List[int]]):
             lo = b * per_step + self.rank * self.batch_size
             idx = [order[i % n] for i in range(lo, lo + self.batch_size)]
             if self.world_size == 1:  # one process: the last batch is short rather than wrapped
-                idx = order[lo: min(lo + self.batch_size, n)]
+                idx = order[lo : min(lo + self.batch_size, n)]
             yield [batch_seed(self.data_seed, self.epoch, b * self.world_size + self.rank), *idx]
 
 
@@ -137,7 +146,7 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, generator: tor
     mult = max(1, min(n // (batch_size * 4), 50))
     perm = torch.randperm(n, generator=generator).tolist()
     mega = mult * batch_size
-    groups = [sorted(perm[i: i + mega], key=lambda j: -lengths[j]) for i in range(0, n, mega)]
+    groups = [sorted(perm[i : i + mega], key=lambda j: -lengths[j]) for i in range(0, n, mega)]
     if groups:
         heads = [lengths[g[0]] for g in groups]
         top = heads.index(max(heads))
@@ -215,11 +224,26 @@ def make_loader(
     # A private generator: creating an iterator must not consume the global RNG (exact resume).
     generator = torch.Generator().manual_seed(data_seed)
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=collator, drop_last=drop_last,
-                          num_workers=num_workers, pin_memory=pin_memory, generator=generator, **extra)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=collator,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            generator=generator,
+            **extra,
+        )
     sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle, data_seed, drop_last, rank, world_size, lengths)
-    return DataLoader(SeededFetch(dataset), batch_sampler=sampler, collate_fn=SeededCollate(collator),
-                      num_workers=num_workers, pin_memory=pin_memory, generator=generator, **extra)
+    return DataLoader(
+        SeededFetch(dataset),
+        batch_sampler=sampler,
+        collate_fn=SeededCollate(collator),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        **extra,
+    )
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:

@@ -33,9 +33,7 @@ def num_blocks(num_tokens: int, block_size: int, mlm: bool = False) -> int:
     """How many whole blocks ``num_tokens`` tokens make (the remainder is dropped)."""
     window = _window(block_size, mlm)
     if window < 1:
-        raise ConfigError(
-            f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more"
-        )
+        raise ConfigError(f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more")
     return num_tokens // window
 
 
@@ -61,8 +59,7 @@ class BlockDataset(Dataset):
             raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
         if mlm and (cls_token_id is None or sep_token_id is None):
             raise DataError(
-                "masked-LM blocks need cls and sep token ids; use a tokenizer with "
-                "cls/bos and sep/eos tokens"
+                "masked-LM blocks need cls and sep token ids; use a tokenizer with cls/bos and sep/eos tokens"
             )
         self.tokens = tokens
         self.block_size = int(block_size)
@@ -73,7 +70,9 @@ class BlockDataset(Dataset):
             block_indices = np.arange(total, dtype=np.int64)
         block_indices = np.asarray(block_indices, dtype=np.int64)
         if block_indices.size and (block_indices.min() < 0 or block_indices.max() >= total):
-            raise ValueError(f"block_indices must lie in [0, {total}); got {block_indices.min()}..{block_indices.max()}")
+            raise ValueError(
+                f"block_indices must lie in [0, {total}); got {block_indices.min()}..{block_indices.max()}"
+            )
         self.block_indices = block_indices
         self.cls_token_id = cls_token_id
         self.sep_token_id = sep_token_id
@@ -133,14 +132,10 @@ class BlockDataset(Dataset):
         return f"BlockDataset({kind}, blocks={len(self)}, block_size={self.block_size})"
 
 
-def split_blocks(
-    num_blocks: int, validation_percentage: float, seed: int = 42
-) -> tuple[np.ndarray, np.ndarray]:
+def split_blocks(num_blocks: int, validation_percentage: float, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
     """Deterministically split block indices into (train, validation), both sorted."""
     if not 0 <= validation_percentage < 100:
-        raise ConfigError(
-            f"validation_split_percentage must be in [0, 100); got {validation_percentage}"
-        )
+        raise ConfigError(f"validation_split_percentage must be in [0, 100); got {validation_percentage}")
     all_blocks = np.arange(num_blocks, dtype=np.int64)
     if validation_percentage == 0 or num_blocks < 2:
         return all_blocks, np.empty(0, dtype=np.int64)
@@ -181,9 +176,7 @@ def prepare_datasets(
     """Files -> cached token ids -> train and (optional) validation block datasets."""
     block_size = int(block_size)
     if block_size < (3 if mlm else 1):
-        raise ConfigError(
-            f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more"
-        )
+        raise ConfigError(f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more")
     # Checked before tokenizing so a bad setting fails fast.
     if max_positions is not None and block_size > max_positions:
         raise DataError(
@@ -191,10 +184,7 @@ def prepare_datasets(
             f"pass --block_size {max_positions} or less"
         )
     if not 0 <= validation_split_percentage < 100:
-        raise ConfigError(
-            "validation_split_percentage must be in [0, 100); "
-            f"got {validation_split_percentage}"
-        )
+        raise ConfigError(f"validation_split_percentage must be in [0, 100); got {validation_split_percentage}")
     cls_id = sep_id = None
     if mlm:
         cls_id = _first_id(tokenizer, "cls_token_id", "bos_token_id")
@@ -202,8 +192,7 @@ def prepare_datasets(
         if cls_id is None or sep_id is None:
             missing = "cls_token or bos_token" if cls_id is None else "sep_token or eos_token"
             raise DataError(
-                f"the tokenizer has no {missing}, which masked-LM blocks need; "
-                "use a tokenizer that defines one"
+                f"the tokenizer has no {missing}, which masked-LM blocks need; use a tokenizer that defines one"
             )
     opts = dict(text_column=text_column, encoding_errors=encoding_errors, overwrite=overwrite_cache)
     train_cache = build_token_cache(_as_files(train_files), tokenizer, cache_dir, **opts)
@@ -264,4 +253,3 @@ def _first_id(tokenizer: Any, *names: str) -> int | None:
         if value is not None:
             return int(value)
     return None
-

@@ -135,8 +135,7 @@ def _separator_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     raise DataError(
-        "the tokenizer has no eos_token (or sep_token) to put between documents; "
-        "use a tokenizer that defines one"
+        "the tokenizer has no eos_token (or sep_token) to put between documents; use a tokenizer that defines one"
     )
 
 
@@ -168,8 +167,12 @@ def build_token_cache(
     vocab_size = len(tokenizer)
     eos_id = _separator_id(tokenizer) if append_eos else None
     fp = _fingerprint(
-        files, tokenizer, text_column=text_column, encoding_errors=encoding_errors,
-        append_eos=append_eos, eos_id=eos_id,
+        files,
+        tokenizer,
+        text_column=text_column,
+        encoding_errors=encoding_errors,
+        append_eos=append_eos,
+        eos_id=eos_id,
     )
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     final = root / f"tokens-{fp}"
@@ -184,9 +187,7 @@ def build_token_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_cache(
-            tmp, files, tokenizer, text_column, encoding_errors, eos_id, vocab_size, fp, progress
-        )
+        _write_cache(tmp, files, tokenizer, text_column, encoding_errors, eos_id, vocab_size, fp, progress)
         _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -235,8 +236,14 @@ class _Progress:
 
             total = sum(os.stat(f).st_size for f in files)
             self.bar = tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc="tokenizing", file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="tokenizing",
+                file=sys.stderr,
+                mininterval=0.5,
+                dynamic_ncols=True,
             )
 
     def to(self, done: int) -> None:
@@ -272,8 +279,8 @@ def _write_cache(
     batch_limit = max(_BATCH_CHARS, 4 * (os.cpu_count() or 1) * _text.PIECE_CHARS)
     # Arrays straight from the fast encoder (uint32); lists converted piece by piece otherwise.
     fast = hasattr(encode, "encode_arrays")
-    encode_arrays = encode.encode_arrays if fast else (
-        lambda texts: [np.asarray(ids, dtype=np.int64) for ids in encode(texts)]
+    encode_arrays = (
+        encode.encode_arrays if fast else (lambda texts: [np.asarray(ids, dtype=np.int64) for ids in encode(texts)])
     )
     eos = np.array([0 if eos_id is None else eos_id], dtype=np.uint32 if fast else np.int64)
 
@@ -334,7 +341,7 @@ def _write_cache(
             for f in files:
                 size = os.stat(f).st_size
                 if can_split and is_text_file(f):  # one document, streamed in pieces
-                    add(iter_text_pieces(f, encoding_errors, on_read=lambda n: bar.to(read_before + n)))
+                    add(iter_text_pieces(f, encoding_errors, on_read=lambda n, base=read_before: bar.to(base + n)))
                 else:
                     seen = 0
                     for doc in iter_documents([f], text_column=text_column, encoding_errors=encoding_errors):
@@ -353,9 +360,7 @@ def _write_cache(
             close()  # no idle encoding threads left behind (data loader workers fork)
     num_documents = len(offsets) - 1
     if num_tokens == 0:
-        raise DataError(
-            f"the input files ({', '.join(map(str, files))}) produced no tokens; add text to them"
-        )
+        raise DataError(f"the input files ({', '.join(map(str, files))}) produced no tokens; add text to them")
     np.save(out / _OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     meta = {
         "num_tokens": num_tokens,

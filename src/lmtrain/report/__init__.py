@@ -38,5 +38,15 @@ from .figures import FIGURES, INSTALL_HINT, Plotter
 from .page import build_report, cmd_report, render_html
 from .runs import Run, load_run
 
-__all__ = ["FIGURES", "INSTALL_HINT", "Plotter", "Run", "build_report", "cmd_report", "load_run", "read_log",
-           "render_html", "resolve_records"]
+__all__ = [
+    "FIGURES",
+    "INSTALL_HINT",
+    "Plotter",
+    "Run",
+    "build_report",
+    "cmd_report",
+    "load_run",
+    "read_log",
+    "render_html",
+    "resolve_records",
+]

@@ -9,4 +9,4 @@ try:
     raise SystemExit(cmd_report(sys.argv[1:]))
 except LmtrainError as e:
     print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(2) from None

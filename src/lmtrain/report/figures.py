@@ -100,8 +100,15 @@ class Plotter:
                 xs, ys = _series(run.evals, key, x, run)
                 if xs:
                     name = _EVAL_LOSS_RE.match(key).group(1)
-                    ax.plot(xs, ys, color=color, linestyle="--", marker=markers[i % len(markers)], markersize=4,
-                            label=f"{run.label} eval" + (f" ({name})" if name else ""))
+                    ax.plot(
+                        xs,
+                        ys,
+                        color=color,
+                        linestyle="--",
+                        marker=markers[i % len(markers)],
+                        markersize=4,
+                        label=f"{run.label} eval" + (f" ({name})" if name else ""),
+                    )
                     drawn += 1
         if not drawn:
             self._empty(ax, "tokens per step unknown for every run" if x == "tokens" else "no loss logged")

@@ -38,9 +38,22 @@ details { margin-top: 8px; } summary { cursor: pointer; color: #235; }
 code { font-size: 0.95em; } .muted { color: #888; }
 """
 
-_METRIC_ORDER = ("train_loss", "eval_loss", "eval_perplexity", "eval_bits_per_byte", "best_eval_loss",
-                 "best_eval_loss_step", "global_step", "epoch", "num_input_tokens_seen", "train_runtime", "train_tokens_per_second",
-                 "train_samples_per_second", "train_steps_per_second", "total_flos")
+_METRIC_ORDER = (
+    "train_loss",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_bits_per_byte",
+    "best_eval_loss",
+    "best_eval_loss_step",
+    "global_step",
+    "epoch",
+    "num_input_tokens_seen",
+    "train_runtime",
+    "train_tokens_per_second",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "total_flos",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -69,19 +82,30 @@ def _cell(value: Any) -> str:
 
 
 def _header(runs: Sequence[Run], first: str, colors: Dict[str, str]) -> str:
-    cols = "".join(f'<th><span class="swatch" style="background:{colors.get(r.label, "#888")}"></span>'
-                   f"{html.escape(r.label)}</th>" for r in runs)
+    cols = "".join(
+        f'<th><span class="swatch" style="background:{colors.get(r.label, "#888")}"></span>{html.escape(r.label)}</th>'
+        for r in runs
+    )
     return f"<tr><th>{html.escape(first)}</th>{cols}</tr>"
 
 
-def _table(runs: Sequence[Run], first: str, rows: List[Tuple[str, List[Any]]], colors: Dict[str, str],
-           mark_differences: bool = False) -> str:
+def _table(
+    runs: Sequence[Run],
+    first: str,
+    rows: List[Tuple[str, List[Any]]],
+    colors: Dict[str, str],
+    mark_differences: bool = False,
+) -> str:
     body = []
     for name, values in rows:
-        differ = mark_differences and len(runs) > 1 and len({json.dumps(v, sort_keys=True, default=str)
-                                                             for v in values}) > 1
-        body.append(f'<tr{" class=differ" if differ else ""}><th>{html.escape(name)}</th>'
-                    + "".join(_cell(v) for v in values) + "</tr>")
+        differ = (
+            mark_differences and len(runs) > 1 and len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
+        )
+        body.append(
+            f"<tr{' class=differ' if differ else ''}><th>{html.escape(name)}</th>"
+            + "".join(_cell(v) for v in values)
+            + "</tr>"
+        )
     return f"<table>{_header(runs, first, colors)}{''.join(body)}</table>"
 
 
@@ -123,20 +147,28 @@ def _default_args(output_dir: str) -> Dict[str, Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
-            and not isinstance(b, bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return float(a) == float(b)
     return a == b
 
 
 def _changed_args(run: Run) -> Dict[str, Any]:
     defaults = _default_args(str(run.args.get("output_dir") or run.path))
-    return {k: v for k, v in run.args.items()
-            if k not in _IDENTITY_ARGS and (k not in defaults or not _same(v, defaults[k]))}
+    return {
+        k: v
+        for k, v in run.args.items()
+        if k not in _IDENTITY_ARGS and (k not in defaults or not _same(v, defaults[k]))
+    }
 
 
-def render_html(runs: Sequence[Run], pngs: Dict[str, bytes], colors: Optional[Dict[str, str]] = None,
-                title: Optional[str] = None) -> str:
+def render_html(
+    runs: Sequence[Run], pngs: Dict[str, bytes], colors: Optional[Dict[str, str]] = None, title: Optional[str] = None
+) -> str:
     """The report page: figures as data: URIs, run facts, final metrics and arguments."""
     colors = colors or {}
     labels = [r.label for r in runs]
@@ -171,9 +203,11 @@ def render_html(runs: Sequence[Run], pngs: Dict[str, bytes], colors: Optional[Di
     for name in FIGURES:
         if name in pngs:
             data = base64.b64encode(pngs[name]).decode("ascii")
-            parts.append(f'<figure id="fig-{name}"><img alt="{html.escape(CAPTIONS[name])}" '
-                         f'src="data:image/png;base64,{data}"><figcaption>{html.escape(CAPTIONS[name])} '
-                         f"(<code>{name}.png</code>)</figcaption></figure>")
+            parts.append(
+                f'<figure id="fig-{name}"><img alt="{html.escape(CAPTIONS[name])}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{html.escape(CAPTIONS[name])} '
+                f"(<code>{name}.png</code>)</figcaption></figure>"
+            )
     parts.append("</div>")
 
     # final metrics
@@ -197,15 +231,21 @@ def render_html(runs: Sequence[Run], pngs: Dict[str, bytes], colors: Optional[Di
             note += "; highlighted rows differ between runs"
         parts.append(f"<p>{note}.</p>")
         if keys:
-            parts.append(_table(runs, "argument", [(k, [r.args.get(k) for r in runs]) for k in keys], colors,
-                                mark_differences=True))
+            parts.append(
+                _table(
+                    runs, "argument", [(k, [r.args.get(k) for r in runs]) for k in keys], colors, mark_differences=True
+                )
+            )
         else:
             parts.append('<p class="muted">All arguments are at their defaults.</p>')
         all_keys = sorted({k for r in runs for k in r.args})
-        parts.append(f"<details><summary>All {len(all_keys)} arguments</summary>"
-                     + _table(runs, "argument", [(k, [r.args.get(k) for r in runs]) for k in all_keys], colors,
-                              mark_differences=True)
-                     + "</details>")
+        parts.append(
+            f"<details><summary>All {len(all_keys)} arguments</summary>"
+            + _table(
+                runs, "argument", [(k, [r.args.get(k) for r in runs]) for k in all_keys], colors, mark_differences=True
+            )
+            + "</details>"
+        )
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -213,8 +253,11 @@ def render_html(runs: Sequence[Run], pngs: Dict[str, bytes], colors: Optional[Di
 # ---- entry points ----------------------------------------------------------------------------------
 
 
-def build_report(run_dirs: Sequence["str | os.PathLike[str]"], out_dir: "str | os.PathLike[str] | None" = None,
-                 title: Optional[str] = None) -> Path:
+def build_report(
+    run_dirs: Sequence["str | os.PathLike[str]"],
+    out_dir: "str | os.PathLike[str] | None" = None,
+    title: Optional[str] = None,
+) -> Path:
     """Write report.html and the PNG figures for one or more runs; return the path of report.html."""
     if not run_dirs:
         raise LmtrainError("no run directory given; pass one or more --output_dir folders of `lmtrain train` runs.")
@@ -225,8 +268,9 @@ def build_report(run_dirs: Sequence["str | os.PathLike[str]"], out_dir: "str | o
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise LmtrainError(f"cannot create the report folder {out} ({e.strerror or e}); pick another with --out.") \
-            from None
+        raise LmtrainError(
+            f"cannot create the report folder {out} ({e.strerror or e}); pick another with --out."
+        ) from None
     pngs = plotter.all()
     for name, data in pngs.items():
         (out / f"{name}.png").write_bytes(data)
@@ -240,13 +284,16 @@ def cmd_report(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lmtrain report",
         description="Plot training runs (loss against steps and tokens, learning rate, grad norm, throughput, MFU) "
-                    "into PNG files and one self-contained HTML page with the final metrics and arguments. "
-                    "Several runs are overlaid for comparison.",
+        "into PNG files and one self-contained HTML page with the final metrics and arguments. "
+        "Several runs are overlaid for comparison.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output_dir of an `lmtrain train` run")
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="where to write report.html and the PNGs (default: RUN_DIR/report for one run, "
-                             "./report for several)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="where to write report.html and the PNGs (default: RUN_DIR/report for one run, ./report for several)",
+    )
     parser.add_argument("--title", default=None, help="page title (default: the run names)")
     ns = parser.parse_args(list(argv))
     page = build_report(ns.runs, ns.out, ns.title)

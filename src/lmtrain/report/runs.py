@@ -148,8 +148,10 @@ def load_run(path: "str | os.PathLike[str]", label: Optional[str] = None) -> Run
         raise LmtrainError(f"{path}: no such run directory; pass the --output_dir of an `lmtrain train` run.")
     log = run / LOG_NAME
     if not log.is_file():
-        raise LmtrainError(f"{run} has no log.jsonl; pass the --output_dir of an `lmtrain train` run "
-                           f"(it writes log.jsonl from its first logging step).")
+        raise LmtrainError(
+            f"{run} has no log.jsonl; pass the --output_dir of an `lmtrain train` run "
+            f"(it writes log.jsonl from its first logging step)."
+        )
     try:
         records, bad = read_log(log)
     except OSError as e:
@@ -162,9 +164,20 @@ def load_run(path: "str | os.PathLike[str]", label: Optional[str] = None) -> Run
     state = _latest_state(folders)
     args = _first_json(folders, "training_args.json")
     tps, source = _tokens_per_step(state, args)
-    return Run(path=run, label=label or run.resolve().name or str(run), train=train, evals=evals, summary=summary,
-               state=state, args=args, results=_final_results(run, train, evals, summary), tokens_per_step=tps,
-               tokens_source=source, superseded=superseded, bad_lines=bad)
+    return Run(
+        path=run,
+        label=label or run.resolve().name or str(run),
+        train=train,
+        evals=evals,
+        summary=summary,
+        state=state,
+        args=args,
+        results=_final_results(run, train, evals, summary),
+        tokens_per_step=tps,
+        tokens_source=source,
+        superseded=superseded,
+        bad_lines=bad,
+    )
 
 
 def run_labels(paths: Sequence[Path]) -> List[str]:

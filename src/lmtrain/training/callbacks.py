@@ -58,9 +58,16 @@ class TrainerControl(ExportableState):
         self.should_save = self.should_evaluate = self.should_log = False
 
     def state(self) -> dict:
-        return {"args": {"should_training_stop": self.should_training_stop, "should_epoch_stop": self.should_epoch_stop,
-                         "should_save": self.should_save, "should_evaluate": self.should_evaluate,
-                         "should_log": self.should_log}, "attributes": {}}
+        return {
+            "args": {
+                "should_training_stop": self.should_training_stop,
+                "should_epoch_stop": self.should_epoch_stop,
+                "should_save": self.should_save,
+                "should_evaluate": self.should_evaluate,
+                "should_log": self.should_log,
+            },
+            "attributes": {},
+        }
 
 
 class TrainerCallback:
@@ -102,8 +109,14 @@ class CallbackHandler:
     eval_dataloader as keyword arguments, as in transformers.
     """
 
-    def __init__(self, callbacks: List[Any], model: Any = None, processing_class: Any = None,
-                 optimizer: Any = None, lr_scheduler: Any = None) -> None:
+    def __init__(
+        self,
+        callbacks: List[Any],
+        model: Any = None,
+        processing_class: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+    ) -> None:
         self.callbacks: List[Any] = []
         for cb in callbacks:
             self.add_callback(cb)
@@ -137,9 +150,14 @@ class CallbackHandler:
     def fire(self, event: str, args: Any, state: Any, control: TrainerControl, **kwargs: Any) -> TrainerControl:
         for flag in _RESETS.get(event, ()):
             setattr(control, flag, False)
-        objects = {"model": self.model, "processing_class": self.processing_class, "optimizer": self.optimizer,
-                   "lr_scheduler": self.lr_scheduler, "train_dataloader": self.train_dataloader,
-                   "eval_dataloader": self.eval_dataloader}
+        objects = {
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+        }
         objects.update(kwargs)  # an event's own eval_dataloader wins
         for cb in self.callbacks:
             handler = getattr(cb, event, None)
@@ -218,13 +236,16 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not args.load_best_model_at_end:
-            logger.warning("EarlyStoppingCallback without load_best_model_at_end=True: the best model will not "
-                           "be loaded at the end.")
+            logger.warning(
+                "EarlyStoppingCallback without load_best_model_at_end=True: the best model will not "
+                "be loaded at the end."
+            )
         if args.metric_for_best_model is None or args.eval_strategy == "no":
             from ..errors import ConfigError
 
-            raise ConfigError("EarlyStoppingCallback needs metric_for_best_model and an eval_strategy of steps or "
-                              "epoch; set both.")
+            raise ConfigError(
+                "EarlyStoppingCallback needs metric_for_best_model and an eval_strategy of steps or epoch; set both."
+            )
 
     def on_evaluate(self, args, state, control, metrics: Optional[Dict[str, float]] = None, **kwargs):
         name = args.metric_for_best_model or "loss"
@@ -238,9 +259,13 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True
 
     def state(self) -> dict:
-        return {"args": {"early_stopping_patience": self.early_stopping_patience,
-                         "early_stopping_threshold": self.early_stopping_threshold},
-                "attributes": {"early_stopping_patience_counter": self.early_stopping_patience_counter}}
+        return {
+            "args": {
+                "early_stopping_patience": self.early_stopping_patience,
+                "early_stopping_threshold": self.early_stopping_threshold,
+            },
+            "attributes": {"early_stopping_patience_counter": self.early_stopping_patience_counter},
+        }
 
 
 def callback_states(callbacks: List[Any], control: TrainerControl) -> Dict[str, Any]:
@@ -261,8 +286,9 @@ def restore_callback_states(saved: Dict[str, Any], handler: CallbackHandler, con
     """Give the Trainer's stateful callbacks (and control) the states a checkpoint saved, in order."""
     for name, states in (saved or {}).items():
         states = states if isinstance(states, list) else [states]
-        targets = [cb for cb in [*handler.callbacks, control] if type(cb).__name__ == name
-                   and isinstance(cb, ExportableState)]
+        targets = [
+            cb for cb in [*handler.callbacks, control] if type(cb).__name__ == name and isinstance(cb, ExportableState)
+        ]
         for cb, st in zip(targets, states):
             for key, value in {**st.get("args", {}), **st.get("attributes", {})}.items():
                 setattr(cb, key, value)

@@ -59,6 +59,7 @@ def _fsync_dir(path: str) -> None:
 
 # ---- writing -----------------------------------------------------------------------------------
 
+
 def save_checkpoint(
     output_dir: str,
     step: int,
@@ -131,6 +132,7 @@ def save_checkpoint(
 
 # ---- finding -----------------------------------------------------------------------------------
 
+
 def is_complete(path: str) -> bool:
     """lmtrain's marker is there, or it is a transformers checkpoint: trainer_state.json and weights.
 
@@ -164,8 +166,11 @@ def get_last_checkpoint(folder: str) -> Optional[str]:
     found = latest_checkpoint(folder)
     if found is not None or not os.path.isdir(folder):
         return found
-    dirs = [(int(m.group(1)), n) for n in os.listdir(folder) if (m := _CKPT_RE.match(n))
-            and os.path.isdir(os.path.join(folder, n))]
+    dirs = [
+        (int(m.group(1)), n)
+        for n in os.listdir(folder)
+        if (m := _CKPT_RE.match(n)) and os.path.isdir(os.path.join(folder, n))
+    ]
     return os.path.join(folder, max(dirs)[1]) if dirs else None
 
 
@@ -225,6 +230,7 @@ def keep_only(output_dir: str, keep: str) -> List[str]:
 
 # ---- loading -----------------------------------------------------------------------------------
 
+
 def read_optimizer_state(ckpt_dir: str) -> Dict[str, Any]:
     path = os.path.join(ckpt_dir, "optimizer.pt")
     if not os.path.exists(path):
@@ -248,14 +254,24 @@ def _position_from_step(state: Any, steps_per_epoch: Optional[int], grad_accum: 
     state.train_loss_sum = total
 
 
-def load_training_state(ckpt_dir: str, *, optimizer: Any, scheduler: Any, scaler: Any, state: Any,
-                        steps_per_epoch: Optional[int] = None, grad_accum: int = 1,
-                        rank: Optional[int] = None, world_size: Optional[int] = None) -> Dict[str, Any]:
+def load_training_state(
+    ckpt_dir: str,
+    *,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    state: Any,
+    steps_per_epoch: Optional[int] = None,
+    grad_accum: int = 1,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> Dict[str, Any]:
     """Restore optimizer, scheduler, scaler, TrainState and RNG from a lmtrain or transformers checkpoint.
 
     `steps_per_epoch` and `grad_accum` place the data position when the checkpoint has no
     lmtrain_state.json (a transformers one). Returns the `extra` objects saved with it.
     """
+
     def path(name: str) -> str:
         return os.path.join(ckpt_dir, name)
 
@@ -304,9 +320,11 @@ def resolve_resume(resume: Any, args: Any, is_main: bool) -> Optional[str]:
         return found
     if isinstance(resume, (str, os.PathLike)) and resume:
         if not os.path.isdir(resume) or not is_complete(str(resume)):
-            raise LmtrainError(f"{resume} is not a complete checkpoint (lmtrain's, or transformers' with "
-                               f"trainer_state.json and weights); pass a checkpoint-<step> directory "
-                               f"(or resume=True for the latest in {out}).")
+            raise LmtrainError(
+                f"{resume} is not a complete checkpoint (lmtrain's, or transformers' with "
+                f"trainer_state.json and weights); pass a checkpoint-<step> directory "
+                f"(or resume=True for the latest in {out})."
+            )
         return str(resume)
     return None
 
@@ -316,8 +334,9 @@ def update_best(state: Any, args: Any, metrics: Dict[str, float]) -> bool:
     name = args.metric_for_best_model
     key = name if name.startswith("eval_") else f"eval_{name}"
     if key not in metrics:
-        raise ConfigError(f"metric_for_best_model={name!r} is not among the evaluation metrics "
-                          f"{sorted(metrics)}; pick one of those.")
+        raise ConfigError(
+            f"metric_for_best_model={name!r} is not among the evaluation metrics {sorted(metrics)}; pick one of those."
+        )
     value, best = metrics[key], state.best_metric
     if best is None or (value > best if args.greater_is_better else value < best):
         state.best_metric = value
@@ -341,6 +360,7 @@ def save_args(args: Any, out_dir: str) -> None:
 
 
 # ---- the owner -----------------------------------------------------------------------------------
+
 
 class Checkpointer:
     """Every checkpoint of a run goes through here: its name, the collective save under torchrun (each
@@ -387,9 +407,18 @@ class Checkpointer:
             return self.path(best)
         return None
 
-    def save(self, state: Any, *, model: torch.nn.Module, tokenizer: Any, optimizer: Any, scheduler: Any,
-             scaler: Any, model_state: Optional[Dict[str, Any]] = None,
-             optimizer_state: Optional[Dict[str, Any]] = None) -> str:
+    def save(
+        self,
+        state: Any,
+        *,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        model_state: Optional[Dict[str, Any]] = None,
+        optimizer_state: Optional[Dict[str, Any]] = None,
+    ) -> str:
         """Save checkpoint-<state.global_step> and rotate old ones. Collective: every rank calls it."""
         step, out = state.global_step, self.output_dir
         distributed = self.world_size > 1
@@ -401,23 +430,50 @@ class Checkpointer:
             if best is not None:  # set before saving: the checkpoint's state names itself when it is the best
                 state.best_model_checkpoint = best
             save_checkpoint(
-                out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, state=state, args=self.args, model_state=model_state, optimizer_state=optimizer_state,
+                out,
+                step,
+                model=model,
+                tokenizer=tokenizer,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                state=state,
+                args=self.args,
+                model_state=model_state,
+                optimizer_state=optimizer_state,
                 other_ranks_rng=[rng.rank_file(out, step, r) for r in range(1, self.world_size)],
             )
             rotate_checkpoints(out, self.args.save_total_limit, state.best_model_checkpoint)
         self._barrier()
         return self.path(step)
 
-    def load(self, ckpt_dir: str, *, model: Optional[torch.nn.Module], optimizer: Any, scheduler: Any, scaler: Any,
-             state: Any, steps_per_epoch: Optional[int] = None, grad_accum: int = 1) -> Dict[str, Any]:
+    def load(
+        self,
+        ckpt_dir: str,
+        *,
+        model: Optional[torch.nn.Module],
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        state: Any,
+        steps_per_epoch: Optional[int] = None,
+        grad_accum: int = 1,
+    ) -> Dict[str, Any]:
         """Restore weights (unless `model` is None: the caller scattered them, e.g. into FSDP shards),
         optimizer (None: likewise), scheduler, scaler, TrainState and this rank's RNG."""
         if model is not None:
             load_model_weights(model, ckpt_dir)
-        return load_training_state(ckpt_dir, optimizer=optimizer, scheduler=scheduler, scaler=scaler, state=state,
-                                   steps_per_epoch=steps_per_epoch, grad_accum=grad_accum, rank=self.rank,
-                                   world_size=self.world_size)
+        return load_training_state(
+            ckpt_dir,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            state=state,
+            steps_per_epoch=steps_per_epoch,
+            grad_accum=grad_accum,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def update_best(self, state: Any, metrics: Dict[str, float]) -> bool:
         """Track metric_for_best_model in the state; True on a new best."""

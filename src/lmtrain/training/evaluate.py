@@ -85,7 +85,7 @@ def pad_concat(a: Any, b: Any, pad: int = -100) -> Any:
     shape = (a.shape[0] + b.shape[0], max(a.shape[1], b.shape[1]), *a.shape[2:])
     out = np.full(shape, pad, dtype=np.result_type(a.dtype, b.dtype))
     out[: a.shape[0], : a.shape[1]] = a
-    out[a.shape[0]:, : b.shape[1]] = b
+    out[a.shape[0] :, : b.shape[1]] = b
     return out
 
 
@@ -183,9 +183,15 @@ def evaluation_loop(
             if batch_eval_metrics:
                 if compute_metrics is not None and logits is not None and out.labels is not None:
                     last = hasattr(dataloader, "__len__") and batches == len(dataloader)
-                    metrics = compute_metrics(EvalPrediction(
-                        logits, out.labels, inputs=batch if "inputs" in include else None,
-                        losses=batch_losses if "loss" in include else None), compute_result=last)
+                    metrics = compute_metrics(
+                        EvalPrediction(
+                            logits,
+                            out.labels,
+                            inputs=batch if "inputs" in include else None,
+                            losses=batch_losses if "loss" in include else None,
+                        ),
+                        compute_result=last,
+                    )
             else:
                 for g in gather:
                     g.maybe_flush(batches)
@@ -204,15 +210,19 @@ def evaluation_loop(
                 metrics["bits_per_byte"] = loss / math.log(2) / bytes_per_token
     predictions, label_ids = preds.result(), labels.result()
     if compute_metrics is not None and not batch_eval_metrics and predictions is not None and label_ids is not None:
-        extra = {"inputs": inputs_g.result() if "inputs" in include else None,
-                 "losses": losses_g.result() if "loss" in include else None}
+        extra = {
+            "inputs": inputs_g.result() if "inputs" in include else None,
+            "losses": losses_g.result() if "loss" in include else None,
+        }
         metrics.update(compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids, **extra)))
     metrics = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
     metrics["runtime"] = round(runtime, 4)
     metrics["samples_per_second"] = round(num_samples / runtime, 3) if runtime > 0 else 0.0
     metrics["steps_per_second"] = round(batches / runtime, 3) if runtime > 0 and num_samples else 0.0
     metrics["tokens_per_second"] = round(input_tokens / runtime, 1) if runtime > 0 else 0.0
-    prefixed = {k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+    prefixed = {
+        k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v for k, v in metrics.items()
+    }
     return EvalLoopOutput(predictions, label_ids, prefixed, num_samples)
 
 

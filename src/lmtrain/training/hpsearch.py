@@ -53,17 +53,24 @@ def apply_trial(trainer: Any, trial: Any) -> None:
     trainer._trial = trial
     if trial is None:
         return
-    params = trainer._hp_space(trial) if getattr(trainer, "_hp_space", None) and not isinstance(trial, dict) \
+    params = (
+        trainer._hp_space(trial)
+        if getattr(trainer, "_hp_space", None) and not isinstance(trial, dict)
         else trial_params(trial)
+    )
     unknown = [k for k in params if not hasattr(trainer.args, k)]
     if unknown:
         raise ConfigError(f"the search space names {unknown}, which are not TrainingArguments fields; rename them.")
     run = f"run-{getattr(trial, 'number', 0)}" if trainer.hp_name is None else trainer.hp_name(trial)
-    output_dir = os.path.join(trainer._search_output_dir, run) if getattr(trainer, "_search_output_dir", None) \
+    output_dir = (
+        os.path.join(trainer._search_output_dir, run)
+        if getattr(trainer, "_search_output_dir", None)
         else trainer.args.output_dir
+    )
     # cast to the field's type, as transformers does (an int suggestion for a float field...)
-    params = {k: type(getattr(trainer.args, k))(v) if getattr(trainer.args, k) is not None else v
-              for k, v in params.items()}
+    params = {
+        k: type(getattr(trainer.args, k))(v) if getattr(trainer.args, k) is not None else v for k, v in params.items()
+    }
     trainer.args = dataclasses.replace(trainer.args, output_dir=output_dir, **params)
 
 
@@ -84,16 +91,26 @@ def report_to_trial(trainer: Any, metrics: Dict[str, float]) -> None:
         raise optuna.TrialPruned()
 
 
-def run_search(trainer: Any, hp_space: Optional[Callable], compute_objective: Optional[Callable], n_trials: int,
-               direction: Any, backend: Any, hp_name: Optional[Callable], **kwargs: Any) -> BestRun:
+def run_search(
+    trainer: Any,
+    hp_space: Optional[Callable],
+    compute_objective: Optional[Callable],
+    n_trials: int,
+    direction: Any,
+    backend: Any,
+    hp_name: Optional[Callable],
+    **kwargs: Any,
+) -> BestRun:
     backend = getattr(backend, "value", backend) or "optuna"
     if backend != "optuna":
         raise ConfigError(f"hyperparameter_search backend {backend!r} is not supported by lmtrain; use optuna.")
     if importlib.util.find_spec("optuna") is None:
         raise ConfigError("hyperparameter_search needs optuna: pip install optuna")
     if trainer.model_init is None:
-        raise ConfigError("hyperparameter_search needs a model_init: pass Trainer(model_init=...) so each "
-                          "trial starts from a fresh model.")
+        raise ConfigError(
+            "hyperparameter_search needs a model_init: pass Trainer(model_init=...) so each "
+            "trial starts from a fresh model."
+        )
     import optuna
 
     base_args = trainer.args
@@ -117,8 +134,9 @@ def run_search(trainer: Any, hp_space: Optional[Callable], compute_objective: Op
     directions = direction if isinstance(direction, list) else None
     study = optuna.create_study(direction=None if directions else direction, directions=directions, **kwargs)
     try:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, gc_after_trial=gc_after_trial,
-                       catch=catch)
+        study.optimize(
+            objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, gc_after_trial=gc_after_trial, catch=catch
+        )
     finally:
         trainer.args, trainer._trial, trainer._search_output_dir = base_args, None, None
         trainer.hp_search_backend = None

@@ -29,8 +29,9 @@ from .loss import IGNORE_INDEX, output_logits
 Grads = Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 
 
-def _chunk_loss(h: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tensor, eps: float,
-                ignore_index: int, want_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+def _chunk_loss(
+    h: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tensor, eps: float, ignore_index: int, want_grad: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
     """Loss sum of one chunk and, with want_grad, d(loss)/d(logits) in the logits' own buffer.
 
     Every vocabulary-wide step is in place on that one buffer (logsumexp would allocate a second one).
@@ -61,8 +62,9 @@ def _chunk_loss(h: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tenso
     return loss_sum, grad
 
 
-def _backprop_chunk(grad: Tensor, h: Tensor, weight: Tensor, grad_w: Optional[Tensor], grad_b: Optional[Tensor],
-                    need_h: bool) -> Optional[Tensor]:
+def _backprop_chunk(
+    grad: Tensor, h: Tensor, weight: Tensor, grad_w: Optional[Tensor], grad_b: Optional[Tensor], need_h: bool
+) -> Optional[Tensor]:
     """Add one chunk's weight/bias gradients into grad_w/grad_b; return its hidden gradient (if needed)."""
     if grad_b is not None:
         grad_b.add_(grad.sum(0))
@@ -75,8 +77,16 @@ def _backprop_chunk(grad: Tensor, h: Tensor, weight: Tensor, grad_w: Optional[Te
     return g @ weight if need_h else None
 
 
-def _chunked(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tensor, eps: float, chunk: int,
-             ignore_index: int, need: Tuple[bool, bool, bool]) -> Tuple[Tensor, Grads]:
+def _chunked(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    labels: Tensor,
+    eps: float,
+    chunk: int,
+    ignore_index: int,
+    need: Tuple[bool, bool, bool],
+) -> Tuple[Tensor, Grads]:
     """Loss sum over all rows, and the gradients named by `need` (hidden, weight, bias)."""
     math_dtype = torch.promote_types(hidden.dtype, torch.float32)
     loss = torch.zeros((), dtype=math_dtype, device=hidden.device)
@@ -85,16 +95,19 @@ def _chunked(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Ten
     grad_w = torch.zeros(weight.shape, dtype=math_dtype, device=weight.device) if need[1] else None
     grad_b = torch.zeros(bias.shape, dtype=math_dtype, device=bias.device) if need[2] else None
     for start in range(0, hidden.size(0), chunk):  # static shapes: compile unrolls this loop
-        h, y = hidden[start:start + chunk], labels[start:start + chunk]
+        h, y = hidden[start : start + chunk], labels[start : start + chunk]
         part, grad = _chunk_loss(h, weight, bias, y, eps, ignore_index, any(need))
         loss = loss + part
         if grad is not None:
             gh = _backprop_chunk(grad, h, weight, grad_w, grad_b, need[0])
             del grad  # freed before the next chunk's logits exist: one vocabulary-wide buffer at a time
             if gh is not None:
-                grad_h[start:start + chunk] = gh
-    grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-             None if grad_b is None else grad_b.to(bias.dtype))
+                grad_h[start : start + chunk] = gh
+    grads = (
+        grad_h,
+        None if grad_w is None else grad_w.to(weight.dtype),
+        None if grad_b is None else grad_b.to(bias.dtype),
+    )
     return loss.float(), grads
 
 
@@ -102,8 +115,17 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     """Loss in the forward with the gradients precomputed; the backward only scales them."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], labels: Tensor, eps: float,
-                chunk: int, ignore_index: int, need: Tuple[bool, bool, bool]) -> Tensor:
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        labels: Tensor,
+        eps: float,
+        chunk: int,
+        ignore_index: int,
+        need: Tuple[bool, bool, bool],
+    ) -> Tensor:
         loss, grads = _chunked(hidden, weight, bias, labels, eps, chunk, ignore_index, need)
         ctx.save_for_backward(*grads)
         return loss
@@ -116,9 +138,15 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         return grads + (None,) * 5
 
 
-def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Optional[Tensor] = None,
-                             label_smoothing: float = 0.0, chunk_size: int = 4096,
-                             ignore_index: int = IGNORE_INDEX) -> Tensor:
+def linear_cross_entropy_sum(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    bias: Optional[Tensor] = None,
+    label_smoothing: float = 0.0,
+    chunk_size: int = 4096,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
     """Sum over rows of `F.cross_entropy(hidden @ weight.T + bias, labels, label_smoothing=...)`, float32.
 
     hidden (N, H), weight (V, H), bias (V,) or None, labels (N,) with `ignore_index` rows left out. Under
@@ -126,8 +154,10 @@ def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, labels: Tensor, bia
     float64 inputs) whatever the input dtype. Gradients are computed only for inputs that require them.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or labels.shape != hidden.shape[:1]:
-        raise ValueError(f"expected hidden (N, H), weight (V, H), labels (N,); got {tuple(hidden.shape)}, "
-                         f"{tuple(weight.shape)}, {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected hidden (N, H), weight (V, H), labels (N,); got {tuple(hidden.shape)}, "
+            f"{tuple(weight.shape)}, {tuple(labels.shape)}"
+        )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     device = hidden.device.type
@@ -137,13 +167,17 @@ def linear_cross_entropy_sum(hidden: Tensor, weight: Tensor, labels: Tensor, bia
         bias = None if bias is None else bias.to(dtype)
     labels = labels.to(hidden.device)
     grad_on = torch.is_grad_enabled()
-    need = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
-            grad_on and bias is not None and bias.requires_grad)
+    need = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
     with torch.autocast(device, enabled=False):  # the casts above are the only ones
         if not any(need):  # evaluation: the loss alone, no gradient computed or held
             return _chunked(hidden, weight, bias, labels, label_smoothing, chunk_size, ignore_index, need)[0]
-        return _LinearCrossEntropySum.apply(hidden, weight, bias, labels, label_smoothing, chunk_size,
-                                            ignore_index, need)
+        return _LinearCrossEntropySum.apply(
+            hidden, weight, bias, labels, label_smoothing, chunk_size, ignore_index, need
+        )
 
 
 # ---- model level -------------------------------------------------------------------------------------------
@@ -155,8 +189,9 @@ _SOFTCAPS = ("final_logit_softcapping",)
 _SCALES = ("logit_scale", "logits_scaling", "lm_head_multiplier")
 _SKIP = nn.Identity()  # what stands in for the head: the model then returns the head's input as its "logits"
 # per model: (head, parent, attribute, None or why the fused head does not apply), from one probe
-_VERDICTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[nn.Module, nn.Module, str, Optional[str]]]" = \
+_VERDICTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[nn.Module, nn.Module, str, Optional[str]]]" = (
     weakref.WeakKeyDictionary()
+)
 
 
 @contextlib.contextmanager
@@ -182,8 +217,9 @@ def _static_reason(model: nn.Module, inner: nn.Module, head: Any) -> Optional[st
         # DDP would mark an untied head weight unused (it is not reached from the outputs) and then see its gradient
         return "DDP with find_unused_parameters or static_graph"
     config = getattr(inner, "config", None)
-    if any(getattr(config, k, None) is not None for k in _SOFTCAPS) or \
-            any(getattr(config, k, None) not in (None, 1, 1.0) for k in _SCALES):
+    if any(getattr(config, k, None) is not None for k in _SOFTCAPS) or any(
+        getattr(config, k, None) not in (None, 1, 1.0) for k in _SCALES
+    ):
         return "its config caps or scales the logits after the head"
     return None
 
@@ -256,14 +292,20 @@ def _fused_head(model: nn.Module, inputs: Mapping[str, Any]) -> Optional[Tuple[n
 
 
 def fusion_status(model: nn.Module) -> str:
-    """"fused", "not probed yet", or why the model uses its full logits (for logs and benchmarks)."""
+    """ "fused", "not probed yet", or why the model uses its full logits (for logs and benchmarks)."""
     known = _VERDICTS.get(unwrap(model))
     return "not probed yet" if known is None else known[3] or "fused"
 
 
-def lm_loss_sum_fused(model: nn.Module, inputs: Mapping[str, Any], labels: Tensor, shift: int,
-                      label_smoothing: float = 0.0, chunk_size: int = 4096,
-                      loss_fn: Any = linear_cross_entropy_sum) -> Optional[Tuple[Tensor, Any]]:
+def lm_loss_sum_fused(
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    labels: Tensor,
+    shift: int,
+    label_smoothing: float = 0.0,
+    chunk_size: int = 4096,
+    loss_fn: Any = linear_cross_entropy_sum,
+) -> Optional[Tuple[Tensor, Any]]:
     """(sum of token losses, model outputs) with the head fused into the loss; None: use the full logits.
 
     The model is called as given (compiled, DDP-wrapped) with its head swapped for an identity, so its
@@ -287,6 +329,7 @@ def lm_loss_sum_fused(model: nn.Module, inputs: Mapping[str, Any], labels: Tenso
     labels = labels.to(hidden.device)
     if shift:  # pad the labels, never slice the hidden states (a copy of the step's largest activation)
         labels = F.pad(labels[..., shift:], (0, shift), value=IGNORE_INDEX)
-    loss = loss_fn(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1), head.bias,
-                   label_smoothing, chunk_size)
+    loss = loss_fn(
+        hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1), head.bias, label_smoothing, chunk_size
+    )
     return loss, outputs

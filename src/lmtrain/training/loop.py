@@ -29,8 +29,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
 
-def run_training(trainer: "Trainer", model: torch.nn.Module, loader: Any, plan: RunPlan, window: LogWindow,
-                 feed: StepFeed, stop: StopRequest, begin: bool = True) -> None:
+def run_training(
+    trainer: "Trainer",
+    model: torch.nn.Module,
+    loader: Any,
+    plan: RunPlan,
+    window: LogWindow,
+    feed: StepFeed,
+    stop: StopRequest,
+    begin: bool = True,
+) -> None:
     """Train from the state's data position until max_steps, the last epoch, or a stop flag."""
     state, args = trainer.state, trainer.args
     if begin:
@@ -57,8 +65,14 @@ def run_training(trainer: "Trainer", model: torch.nn.Module, loader: Any, plan: 
             break
 
 
-def train_step(trainer: "Trainer", model: torch.nn.Module, micro_batches: List[Dict[str, Any]], plan: RunPlan,
-               window: LogWindow, stop: StopRequest) -> None:
+def train_step(
+    trainer: "Trainer",
+    model: torch.nn.Module,
+    micro_batches: List[Dict[str, Any]],
+    plan: RunPlan,
+    window: LogWindow,
+    stop: StopRequest,
+) -> None:
     """One optimizer step: forward/backward every micro-batch, step, then log/evaluate/save as flagged."""
     state = trainer.state
     trainer._fire_event("on_step_begin")
@@ -116,8 +130,13 @@ def stop_requested(trainer: "Trainer", stop: StopRequest) -> bool:
     """
     if trainer.rt.distributed:
         control = trainer.control
-        due = control.should_log or control.should_evaluate or control.should_save or \
-            control.should_training_stop or trainer.args.logging_strategy == "no"
+        due = (
+            control.should_log
+            or control.should_evaluate
+            or control.should_save
+            or control.should_training_stop
+            or trainer.args.logging_strategy == "no"
+        )
         if not due:
             return False
         (stops,) = trainer.rt.sum_ints(int(stop.signal is not None))

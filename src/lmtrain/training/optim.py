@@ -60,8 +60,12 @@ def decay_parameter_names(model: torch.nn.Module) -> List[str]:
     def names(module: torch.nn.Module) -> List[str]:
         out = []
         for child_name, child in module.named_children():
-            out += [f"{child_name}.{n}" for n in names(child) if not isinstance(child, torch.nn.LayerNorm)
-                    and not any(p.search(f"{child_name}.{n}".lower()) for p in patterns)]
+            out += [
+                f"{child_name}.{n}"
+                for n in names(child)
+                if not isinstance(child, torch.nn.LayerNorm)
+                and not any(p.search(f"{child_name}.{n}".lower()) for p in patterns)
+            ]
         return out + [k for k in module._parameters if not any(p.search(k.lower()) for p in patterns)]
 
     return names(model)
@@ -150,8 +154,11 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Optional[torch.nn.Module] = N
     name = _value(getattr(args, "optim", "adamw_torch"))
     if name in ("adamw_torch", "adamw_torch_fused") and not getattr(args, "optim_args", None):
         # transformers' kwargs for torch's AdamW, without importing transformers.trainer (a second at start-up)
-        kwargs: Dict[str, Any] = {"lr": args.learning_rate, "betas": (getattr(args, "adam_beta1", 0.9),
-                                  getattr(args, "adam_beta2", 0.999)), "eps": getattr(args, "adam_epsilon", 1e-8)}
+        kwargs: Dict[str, Any] = {
+            "lr": args.learning_rate,
+            "betas": (getattr(args, "adam_beta1", 0.9), getattr(args, "adam_beta2", 0.999)),
+            "eps": getattr(args, "adam_epsilon", 1e-8),
+        }
         return torch.optim.AdamW, {**kwargs, "fused": True} if name == "adamw_torch_fused" else kwargs
     from transformers import Trainer
     from transformers.training_args import OptimizerNames
@@ -275,7 +282,7 @@ def scheduler_kwargs(args: Any) -> Dict[str, Any]:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"lr_scheduler_kwargs is not valid JSON ({e}); pass e.g. '{{\"num_cycles\": 2}}'.")
+            raise ConfigError(f"lr_scheduler_kwargs is not valid JSON ({e}); pass e.g. '{{\"num_cycles\": 2}}'.") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"lr_scheduler_kwargs must be a JSON object, got {raw!r}.")
         try:

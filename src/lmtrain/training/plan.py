@@ -51,8 +51,15 @@ class RunPlan:
     """Micro-batches per optimizer step."""
 
     @classmethod
-    def make(cls, args: Any, loader: Any, dataset: Any, world_size: int = 1, micro_batch: Optional[int] = None,
-             grad_accum: Optional[int] = None) -> "RunPlan":
+    def make(
+        cls,
+        args: Any,
+        loader: Any,
+        dataset: Any,
+        world_size: int = 1,
+        micro_batch: Optional[int] = None,
+        grad_accum: Optional[int] = None,
+    ) -> "RunPlan":
         """The plan for `args`; `micro_batch`/`grad_accum` replace theirs (auto_find_batch_size's halving)."""
         ga = grad_accum or args.gradient_accumulation_steps
         micro_batch = micro_batch or args.per_device_train_batch_size
@@ -148,8 +155,9 @@ def ineffective_settings(args: Any, plan: RunPlan, rt: Any) -> List[str]:
     return out
 
 
-def describe_run(plan: RunPlan, args: Any, model: torch.nn.Module, rt: Any, resume: Optional[str],
-                 ignored_kwargs: List[str]) -> str:
+def describe_run(
+    plan: RunPlan, args: Any, model: torch.nn.Module, rt: Any, resume: Optional[str], ignored_kwargs: List[str]
+) -> str:
     """The start-up summary: batch, tokens per step, steps, warmup, parameters, ineffective settings."""
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -13,8 +13,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 
 from ..data.collators import IGNORE_INDEX
-from .evaluate import (EvalLoopOutput, PredictionOutput, StepOutput, _detach, evaluation_loop, find_batch_size,
-                       outputs_to_predictions)
+from .evaluate import (
+    EvalLoopOutput,
+    PredictionOutput,
+    StepOutput,
+    _detach,
+    evaluation_loop,
+    find_batch_size,
+    outputs_to_predictions,
+)
 from .extras import memory_tracker
 from .loss import count_label_tokens
 
@@ -28,8 +35,13 @@ def _inference_keys(model: torch.nn.Module) -> List[str]:
     return list(getattr(config, "keys_to_ignore_at_inference", ["cache"]) or []) if config is not None else []
 
 
-def prediction_step(trainer: "Trainer", model: torch.nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool,
-                    ignore_keys: Optional[List[str]] = None) -> Tuple[Any, Any, Any]:
+def prediction_step(
+    trainer: "Trainer",
+    model: torch.nn.Module,
+    inputs: Dict[str, Any],
+    prediction_loss_only: bool,
+    ignore_keys: Optional[List[str]] = None,
+) -> Tuple[Any, Any, Any]:
     """(mean loss, predictions, labels) of one batch, through `compute_loss` (transformers' route)."""
     has_labels = bool(trainer.label_names) and all(inputs.get(k) is not None for k in trainer.label_names)
     inputs = trainer._prepare_inputs(inputs)
@@ -38,8 +50,9 @@ def prediction_step(trainer: "Trainer", model: torch.nn.Module, inputs: Dict[str
     labels = batch_labels(trainer, inputs) if has_labels else None
     with torch.no_grad(), trainer.rt.autocast():
         if has_labels:
-            loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=eval_items(trainer, inputs))
+            loss, outputs = trainer.compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=eval_items(trainer, inputs)
+            )
             loss = loss.detach().mean()
         else:
             loss, outputs = None, model(**inputs)
@@ -61,12 +74,13 @@ def eval_items(trainer: "Trainer", inputs: Dict[str, Any]) -> Any:
     if not isinstance(labels, torch.Tensor) or not (trainer.model_accepts_loss_kwargs or trainer.compute_loss_func):
         return None
     if trainer.shift and labels.dim() > 1:
-        labels = labels[..., trainer.shift:]
+        labels = labels[..., trainer.shift :]
     return labels.ne(IGNORE_INDEX).sum()
 
 
-def fast_eval_step(trainer: "Trainer", only_loss: bool, ignore_keys: List[str], model: torch.nn.Module,
-                   batch: Dict[str, Any]) -> StepOutput:
+def fast_eval_step(
+    trainer: "Trainer", only_loss: bool, ignore_keys: List[str], model: torch.nn.Module, batch: Dict[str, Any]
+) -> StepOutput:
     """lmtrain's own step: a token-weighted loss sum, logits as predictions."""
     with trainer.rt.autocast():
         loss_sum, items, outputs = trainer._forward(model, batch)
@@ -85,8 +99,9 @@ def fast_eval_step(trainer: "Trainer", only_loss: bool, ignore_keys: List[str], 
     return StepOutput(loss_sum, weight, logits, batch_labels(trainer, batch) if has_labels else None)
 
 
-def compat_eval_step(trainer: "Trainer", only_loss: bool, ignore_keys: Optional[List[str]], model: torch.nn.Module,
-                     batch: Dict[str, Any]) -> StepOutput:
+def compat_eval_step(
+    trainer: "Trainer", only_loss: bool, ignore_keys: Optional[List[str]], model: torch.nn.Module, batch: Dict[str, Any]
+) -> StepOutput:
     """transformers' route (an overridden compute_loss/prediction_step): each batch's mean loss weighted
     by its number of examples, as transformers' evaluation_loop averages them."""
     loss, logits, labels = trainer.prediction_step(model, batch, only_loss, ignore_keys=ignore_keys)
@@ -94,9 +109,14 @@ def compat_eval_step(trainer: "Trainer", only_loss: bool, ignore_keys: Optional[
     return StepOutput(None if loss is None else loss * size, size, logits, labels)
 
 
-def run_evaluation_loop(trainer: "Trainer", dataloader: Any, description: str,
-                        prediction_loss_only: Optional[bool] = None, ignore_keys: Optional[List[str]] = None,
-                        metric_key_prefix: str = "eval") -> EvalLoopOutput:
+def run_evaluation_loop(
+    trainer: "Trainer",
+    dataloader: Any,
+    description: str,
+    prediction_loss_only: Optional[bool] = None,
+    ignore_keys: Optional[List[str]] = None,
+    metric_key_prefix: str = "eval",
+) -> EvalLoopOutput:
     args = trainer.args
     only_loss = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
     if not trainer.is_in_train and (args.bf16_full_eval or args.fp16_full_eval):
@@ -113,20 +133,32 @@ def run_evaluation_loop(trainer: "Trainer", dataloader: Any, description: str,
     dataset = getattr(dataloader, "dataset", None)
     dataset = getattr(dataset, "dataset", dataset)  # lmtrain's seeded wrapper
     return evaluation_loop(
-        trainer.model, dataloader, device=trainer.rt.device, step=step,
-        prediction_loss_only=only_loss, eval_accumulation_steps=args.eval_accumulation_steps,
-        compute_metrics=trainer.compute_metrics, preprocess_logits_for_metrics=trainer.preprocess_logits_for_metrics,
-        bytes_per_token=getattr(dataset, "bytes_per_token", None), metric_key_prefix=metric_key_prefix,
-        on_batch=lambda: trainer._fire_event("on_prediction_step"), concat_batches=args.eval_do_concat_batches,
-        include_for_metrics=args.include_for_metrics, batch_eval_metrics=args.batch_eval_metrics,
+        trainer.model,
+        dataloader,
+        device=trainer.rt.device,
+        step=step,
+        prediction_loss_only=only_loss,
+        eval_accumulation_steps=args.eval_accumulation_steps,
+        compute_metrics=trainer.compute_metrics,
+        preprocess_logits_for_metrics=trainer.preprocess_logits_for_metrics,
+        bytes_per_token=getattr(dataset, "bytes_per_token", None),
+        metric_key_prefix=metric_key_prefix,
+        on_batch=lambda: trainer._fire_event("on_prediction_step"),
+        concat_batches=args.eval_do_concat_batches,
+        include_for_metrics=args.include_for_metrics,
+        batch_eval_metrics=args.batch_eval_metrics,
         nan_inf_filter=args.logging_nan_inf_filter,
         main_input_name=getattr(trainer.model, "main_input_name", "input_ids"),
         keep_predictions=description == "Prediction",
     )
 
 
-def evaluate(trainer: "Trainer", eval_dataset: Any = None, ignore_keys: Optional[List[str]] = None,
-             metric_key_prefix: str = "eval") -> Dict[str, float]:
+def evaluate(
+    trainer: "Trainer",
+    eval_dataset: Any = None,
+    ignore_keys: Optional[List[str]] = None,
+    metric_key_prefix: str = "eval",
+) -> Dict[str, float]:
     """Loss (token-weighted), perplexity, bits per byte (when known) and compute_metrics, all prefixed."""
     override = eval_dataset is not None
     dataset = eval_dataset if override else trainer.eval_dataset
@@ -146,8 +178,9 @@ def evaluate(trainer: "Trainer", eval_dataset: Any = None, ignore_keys: Optional
     return metrics
 
 
-def predict(trainer: "Trainer", test_dataset: Any, ignore_keys: Optional[List[str]] = None,
-            metric_key_prefix: str = "test") -> PredictionOutput:
+def predict(
+    trainer: "Trainer", test_dataset: Any, ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "test"
+) -> PredictionOutput:
     tracker = memory_tracker(trainer.args)
     loader = trainer.get_test_dataloader(test_dataset)
     out = trainer.evaluation_loop(loader, "Prediction", None, ignore_keys, metric_key_prefix)

@@ -34,8 +34,14 @@ class ProgressCallback(TrainerCallback):
         if state.is_world_process_zero and self._interactive(args):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
-                            file=self.stream, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="train",
+                unit="step",
+                file=self.stream,
+                dynamic_ncols=True,
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -49,8 +55,15 @@ class ProgressCallback(TrainerCallback):
             from tqdm.auto import tqdm
 
             total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
-            self.eval_bar = tqdm(total=total, desc="eval", unit="batch", leave=False, file=self.stream,
-                                 position=1 if self.bar is not None else 0, dynamic_ncols=True)
+            self.eval_bar = tqdm(
+                total=total,
+                desc="eval",
+                unit="batch",
+                leave=False,
+                file=self.stream,
+                position=1 if self.bar is not None else 0,
+                dynamic_ncols=True,
+            )
         self.eval_bar.update(1)
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -66,7 +79,9 @@ class ProgressCallback(TrainerCallback):
             return
         shown = {k: v for k, v in logs.items() if k not in ("step",) and not k.endswith("_runtime")}
         if self.bar is not None and "loss" in logs:
-            self.bar.set_postfix({k: _fmt(v) for k, v in shown.items() if k in ("loss", "learning_rate", "tokens_per_second", "epoch")})
+            self.bar.set_postfix(
+                {k: _fmt(v) for k, v in shown.items() if k in ("loss", "learning_rate", "tokens_per_second", "epoch")}
+            )
         else:
             line = " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
             where = f"step {state.global_step}/{state.max_steps} " if state.max_steps else ""
@@ -135,8 +150,13 @@ def generate_sample(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int
     model.eval()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
         torch.manual_seed(seed)
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=True, top_k=50,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            top_k=50,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
     model.train(was_training)
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
@@ -171,9 +191,11 @@ class WandbCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.run is None:
-            self.run = self.wandb.init(project=os.environ.get("WANDB_PROJECT", "lmtrain"),
-                                       name=args.run_name or os.path.basename(os.path.abspath(args.output_dir)),
-                                       config=args.to_dict())
+            self.run = self.wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "lmtrain"),
+                name=args.run_name or os.path.basename(os.path.abspath(args.output_dir)),
+                config=args.to_dict(),
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.run is not None and logs:
@@ -202,8 +224,9 @@ class MLflowCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.active and logs:
-            self.mlflow.log_metrics({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))},
-                                    step=state.global_step)
+            self.mlflow.log_metrics(
+                {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.active:
@@ -211,8 +234,11 @@ class MLflowCallback(TrainerCallback):
             self.active = False
 
 
-_INTEGRATIONS = {"tensorboard": (TensorBoardCallback, "tensorboard"), "wandb": (WandbCallback, "wandb"),
-                 "mlflow": (MLflowCallback, "mlflow")}
+_INTEGRATIONS = {
+    "tensorboard": (TensorBoardCallback, "tensorboard"),
+    "wandb": (WandbCallback, "wandb"),
+    "mlflow": (MLflowCallback, "mlflow"),
+}
 
 
 def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
@@ -226,8 +252,11 @@ def reporting_callbacks(report_to: List[str]) -> List[TrainerCallback]:
     for name in sorted(wanted - {"jsonl"}):
         cls, package = _INTEGRATIONS[name]
         if importlib.util.find_spec(package) is None:
-            print(f"warning: report_to={name} but the {package} package is not installed; skipping it "
-                  f"(pip install {package}).", file=sys.stderr)
+            print(
+                f"warning: report_to={name} but the {package} package is not installed; skipping it "
+                f"(pip install {package}).",
+                file=sys.stderr,
+            )
             continue
         out.append(cls())
     return out

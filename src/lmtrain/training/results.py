@@ -32,8 +32,9 @@ def save_metrics(output_dir: str, split: str, metrics: Dict[str, Any], combined:
             json.dump(merged, f, indent=2, sort_keys=True)
 
 
-def write_model_card(output_dir: str, log_history: List[Dict[str, Any]], global_step: int, epoch: float,
-                     **kwargs: Any) -> None:
+def write_model_card(
+    output_dir: str, log_history: List[Dict[str, Any]], global_step: int, epoch: float, **kwargs: Any
+) -> None:
     """A short README.md: what was trained, on what, and the last evaluation."""
     evals = [r for r in log_history if any(k.startswith("eval_loss") for k in r)]
     title = kwargs.get("model_name") or os.path.basename(os.path.abspath(output_dir))

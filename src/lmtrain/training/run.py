@@ -34,8 +34,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
 # TrainState fields that describe this run (its plan and process roles), not the saved progress
-_RUN_FIELDS = ("max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps", "train_batch_size",
-               "is_world_process_zero", "is_local_process_zero", "is_hyper_param_search", "trial_name", "trial_params")
+_RUN_FIELDS = (
+    "max_steps",
+    "num_train_epochs",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "train_batch_size",
+    "is_world_process_zero",
+    "is_local_process_zero",
+    "is_hyper_param_search",
+    "trial_name",
+    "trial_params",
+)
 
 
 class TrainOutput(NamedTuple):
@@ -44,8 +55,9 @@ class TrainOutput(NamedTuple):
     metrics: Dict[str, float]
 
 
-def train(trainer: "Trainer", resume_from_checkpoint: Any = None, trial: Any = None,
-          ignore_keys_for_eval: Any = None) -> TrainOutput:
+def train(
+    trainer: "Trainer", resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None
+) -> TrainOutput:
     """Plan, restore, train (halving the micro-batch on out-of-memory with auto_find_batch_size), finish."""
     tracker = memory_tracker(trainer.args)
     trainer.is_in_train, trainer.interrupted = True, None
@@ -121,14 +133,23 @@ def _smaller_batch(trainer: "Trainer", feed: StepFeed, micro_batch: int) -> None
     trainer._train_batch_size = micro_batch
     trainer._gradient_accumulation_steps = feed.grad_accum
     if trainer.rt.is_main:
-        print(f"out of memory: per_device_train_batch_size is now {trainer._train_batch_size} with "
-              f"gradient_accumulation_steps {feed.grad_accum} (same effective batch); retrying step "
-              f"{trainer.state.global_step + 1}", flush=True)
+        print(
+            f"out of memory: per_device_train_batch_size is now {trainer._train_batch_size} with "
+            f"gradient_accumulation_steps {feed.grad_accum} (same effective batch); retrying step "
+            f"{trainer.state.global_step + 1}",
+            flush=True,
+        )
 
 
 def make_plan(trainer: "Trainer", loader: Any) -> RunPlan:
-    return RunPlan.make(trainer.args, loader, trainer.train_dataset, trainer.rt.world_size,
-                        micro_batch=trainer._train_batch_size, grad_accum=trainer._gradient_accumulation_steps)
+    return RunPlan.make(
+        trainer.args,
+        loader,
+        trainer.train_dataset,
+        trainer.rt.world_size,
+        micro_batch=trainer._train_batch_size,
+        grad_accum=trainer._gradient_accumulation_steps,
+    )
 
 
 def resolve_resume(trainer: "Trainer", resume: Any) -> Optional[str]:
@@ -142,20 +163,30 @@ def resolve_resume(trainer: "Trainer", resume: Any) -> Optional[str]:
     if fresh and trainer.refuse_existing_checkpoints:
         raise ConfigError(
             f"{args.output_dir} already holds checkpoints (latest {os.path.basename(existing[-1])}); pass "
-            f"--resume to continue it, or --overwrite_output_dir to start over.")
+            f"--resume to continue it, or --overwrite_output_dir to start over."
+        )
     if fresh and trainer.rt.is_main:
-        print(f"warning: {args.output_dir} already holds {len(existing)} checkpoint(s); training from scratch "
-              f"as transformers does (pass resume_from_checkpoint=True, or --resume_from_checkpoint "
-              f"{existing[-1]}, to continue; --overwrite_output_dir to silence this).", file=sys.stderr)
+        print(
+            f"warning: {args.output_dir} already holds {len(existing)} checkpoint(s); training from scratch "
+            f"as transformers does (pass resume_from_checkpoint=True, or --resume_from_checkpoint "
+            f"{existing[-1]}, to continue; --overwrite_output_dir to silence this).",
+            file=sys.stderr,
+        )
     return trainer.checkpointer.resolve(resume)
 
 
 def new_state(trainer: "Trainer", plan: RunPlan, trial: Any) -> TrainState:
     rt = trainer.rt
-    state = TrainState(max_steps=plan.total_steps, num_train_epochs=plan.num_epochs,
-                       logging_steps=plan.logging_steps, eval_steps=plan.eval_steps,
-                       save_steps=plan.save_steps, train_batch_size=plan.micro_batch,
-                       is_world_process_zero=rt.is_main, is_local_process_zero=rt.local_rank == 0)
+    state = TrainState(
+        max_steps=plan.total_steps,
+        num_train_epochs=plan.num_epochs,
+        logging_steps=plan.logging_steps,
+        eval_steps=plan.eval_steps,
+        save_steps=plan.save_steps,
+        train_batch_size=plan.micro_batch,
+        is_world_process_zero=rt.is_main,
+        is_local_process_zero=rt.local_rank == 0,
+    )
     state.is_hyper_param_search = trial is not None
     if trial is not None:
         from .hpsearch import trial_params
@@ -171,12 +202,19 @@ def restore(trainer: "Trainer", resume: str, plan: RunPlan) -> None:
     args, rt, state = trainer.args, trainer.rt, trainer.state
     this_run = {k: v for k, v in state.state_dict().items() if k in _RUN_FIELDS}
     if rt.fsdp:  # full state dicts, scattered into the shards
-        load_full_state_dicts(trainer.model, trainer.optimizer, ckpt.read_model_state(resume),
-                              ckpt.read_optimizer_state(resume), rt)
-    trainer.checkpointer.load(resume, model=None if rt.fsdp else trainer.model,
-                              optimizer=None if rt.fsdp else trainer.optimizer, scheduler=trainer.lr_scheduler,
-                              scaler=rt.scaler, state=state, steps_per_epoch=plan.steps_per_epoch,
-                              grad_accum=plan.grad_accum)
+        load_full_state_dicts(
+            trainer.model, trainer.optimizer, ckpt.read_model_state(resume), ckpt.read_optimizer_state(resume), rt
+        )
+    trainer.checkpointer.load(
+        resume,
+        model=None if rt.fsdp else trainer.model,
+        optimizer=None if rt.fsdp else trainer.optimizer,
+        scheduler=trainer.lr_scheduler,
+        scaler=rt.scaler,
+        state=state,
+        steps_per_epoch=plan.steps_per_epoch,
+        grad_accum=plan.grad_accum,
+    )
     # the saved counters and history continue; this run's plan and process roles are its own
     state.load_state_dict(this_run)
     if state.batches_in_epoch >= plan.batches_per_epoch:  # saved at an epoch's last step
@@ -189,14 +227,16 @@ def restore(trainer: "Trainer", resume: str, plan: RunPlan) -> None:
         restore_callback_states(state.stateful_callbacks, trainer.callback_handler, trainer.control)
 
 
-def finish_training(trainer: "Trainer", plan: RunPlan, window: LogWindow, runtime: float,
-                    tracker: Any) -> TrainOutput:
+def finish_training(trainer: "Trainer", plan: RunPlan, window: LogWindow, runtime: float, tracker: Any) -> TrainOutput:
     """transformers' order: the train metrics are logged, the best model loaded, then on_train_end."""
     state = trainer.state
     if trainer.interrupted is not None and trainer.rt.is_main:
-        print(f"stopped by {trainer.interrupted} after step {state.global_step}; saved "
-              f"{trainer.checkpointer.latest()}. Resume with `lmtrain train ... --resume` or "
-              f"trainer.train(resume_from_checkpoint=True).", flush=True)
+        print(
+            f"stopped by {trainer.interrupted} after step {state.global_step}; saved "
+            f"{trainer.checkpointer.latest()}. Resume with `lmtrain train ... --resume` or "
+            f"trainer.train(resume_from_checkpoint=True).",
+            flush=True,
+        )
     window.store(state, trainer.rt)
     state.num_input_tokens_seen += window.tokens  # the steps after the last log count too
     state.total_flos += 6.0 * trainer.num_parameters * window.tokens
@@ -226,6 +266,7 @@ def finish_training(trainer: "Trainer", plan: RunPlan, window: LogWindow, runtim
 
 
 # ---- between steps: what the control flags trigger ---------------------------------------------
+
 
 def maybe_log_save_evaluate(trainer: "Trainer", window: LogWindow) -> None:
     """Log, evaluate and save as the control flags say (set by DefaultFlowCallback and others)."""
@@ -293,6 +334,13 @@ def save_checkpoint(trainer: "Trainer", window: LogWindow) -> None:
     window.store(trainer.state, trainer.rt)  # the running loss of this window travels with the checkpoint
     model_sd, optim_sd = full_state_dicts(trainer.model, trainer.optimizer, trainer.rt)  # FSDP: on all ranks
     trainer.state.stateful_callbacks = callback_states(trainer.callback_handler.callbacks, trainer.control)
-    trainer.checkpointer.save(trainer.state, model=trainer.model, tokenizer=trainer.processing_class,
-                              optimizer=trainer.optimizer, scheduler=trainer.lr_scheduler,
-                              scaler=trainer.rt.scaler, model_state=model_sd, optimizer_state=optim_sd)
+    trainer.checkpointer.save(
+        trainer.state,
+        model=trainer.model,
+        tokenizer=trainer.processing_class,
+        optimizer=trainer.optimizer,
+        scheduler=trainer.lr_scheduler,
+        scaler=trainer.rt.scaler,
+        model_state=model_sd,
+        optimizer_state=optim_sd,
+    )

@@ -19,8 +19,7 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: the user wants out now
         self.signal = name
-        print(f"\nreceived {name}: finishing this step and saving a checkpoint (Ctrl-C again to abort now)",
-              flush=True)
+        print(f"\nreceived {name}: finishing this step and saving a checkpoint (Ctrl-C again to abort now)", flush=True)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

@@ -12,16 +12,40 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-LMTRAIN_FIELDS: Tuple[str, ...] = ("data_epoch", "batches_in_epoch", "window_loss_sum", "window_steps",
-                                   "window_tokens", "train_loss_sum", "nonfinite_steps")
+LMTRAIN_FIELDS: Tuple[str, ...] = (
+    "data_epoch",
+    "batches_in_epoch",
+    "window_loss_sum",
+    "window_steps",
+    "window_tokens",
+    "train_loss_sum",
+    "nonfinite_steps",
+)
 """TrainState fields transformers does not know: saved in lmtrain_state.json, never in trainer_state.json."""
 
 # transformers' TrainerState fields (5.x), used only when transformers cannot be imported
-_HF_FIELDS_FALLBACK = ("epoch", "global_step", "max_steps", "logging_steps", "eval_steps", "save_steps",
-                       "train_batch_size", "num_train_epochs", "num_input_tokens_seen", "total_flos", "log_history",
-                       "best_metric", "best_global_step", "best_model_checkpoint", "is_local_process_zero",
-                       "is_world_process_zero", "is_hyper_param_search", "trial_name", "trial_params",
-                       "stateful_callbacks")
+_HF_FIELDS_FALLBACK = (
+    "epoch",
+    "global_step",
+    "max_steps",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "train_batch_size",
+    "num_train_epochs",
+    "num_input_tokens_seen",
+    "total_flos",
+    "log_history",
+    "best_metric",
+    "best_global_step",
+    "best_model_checkpoint",
+    "is_local_process_zero",
+    "is_world_process_zero",
+    "is_hyper_param_search",
+    "trial_name",
+    "trial_params",
+    "stateful_callbacks",
+)
 
 
 def hf_field_names() -> Tuple[str, ...]:

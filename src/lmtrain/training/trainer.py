@@ -103,14 +103,22 @@ class Trainer:
         # compiled, the float32 upcast and the cross-entropy fuse: the fp32 logits are never stored
         self._loss_sum = torch.compile(token_loss_sum, dynamic=False) if self.args.torch_compile else token_loss_sum
         # loss_chunk_size: the head and the cross-entropy a chunk at a time (linear_ce), compiled likewise
-        self._chunked_ce = torch.compile(linear_cross_entropy_sum, dynamic=False) \
-            if self.args.torch_compile and self.args.loss_chunk_size else linear_cross_entropy_sum
+        self._chunked_ce = (
+            torch.compile(linear_cross_entropy_sum, dynamic=False)
+            if self.args.torch_compile and self.args.loss_chunk_size
+            else linear_cross_entropy_sum
+        )
         self.state = TrainState(is_world_process_zero=self.rt.is_main, is_local_process_zero=self.rt.local_rank == 0)
         self.control = TrainerControl()
-        default_cbs = [DefaultFlowCallback(), ProgressCallback(), JsonlLoggerCallback(),
-                       *reporting_callbacks(self.args.report_to)]
-        self.callback_handler = CallbackHandler(default_cbs + list(callbacks or []), self.model,
-                                                self.processing_class, self.optimizer, self.lr_scheduler)
+        default_cbs = [
+            DefaultFlowCallback(),
+            ProgressCallback(),
+            JsonlLoggerCallback(),
+            *reporting_callbacks(self.args.report_to),
+        ]
+        self.callback_handler = CallbackHandler(
+            default_cbs + list(callbacks or []), self.model, self.processing_class, self.optimizer, self.lr_scheduler
+        )
         self.ignored_kwargs = sorted(unused)
         self.refuse_existing_checkpoints = False  # the CLI refuses; the library warns, as transformers trains on
         self.checkpointer = ckpt.Checkpointer(self.args, self.rt)
@@ -124,8 +132,11 @@ class Trainer:
         if config is not None and hasattr(config, "use_cache"):
             config.use_cache = args.use_cache
         if args.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
-            kwargs = {"gradient_checkpointing_kwargs": args.gradient_checkpointing_kwargs} \
-                if args.gradient_checkpointing_kwargs else {}
+            kwargs = (
+                {"gradient_checkpointing_kwargs": args.gradient_checkpointing_kwargs}
+                if args.gradient_checkpointing_kwargs
+                else {}
+            )
             self.model.gradient_checkpointing_enable(**kwargs)
         self.shift = label_shift(self.model)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
@@ -215,11 +226,19 @@ class Trainer:
         if train and args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "__len__"):
             lengths = example_lengths(dataset, args.length_column_name)
         return make_loader(
-            dataset, collator, batch_size, shuffle=shuffle, data_seed=args.data_seed,
-            drop_last=args.dataloader_drop_last and train, num_workers=args.dataloader_num_workers,
+            dataset,
+            collator,
+            batch_size,
+            shuffle=shuffle,
+            data_seed=args.data_seed,
+            drop_last=args.dataloader_drop_last and train,
+            num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory and self.rt.device.type == "cuda",
-            persistent_workers=args.dataloader_persistent_workers, prefetch_factor=args.dataloader_prefetch_factor,
-            rank=self.rt.rank if train else 0, world_size=self.rt.world_size if train else 1, lengths=lengths,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            rank=self.rt.rank if train else 0,
+            world_size=self.rt.world_size if train else 1,
+            lengths=lengths,
             multiprocessing_context=args.dataloader_multiprocessing_context,
         )
 
@@ -252,8 +271,9 @@ class Trainer:
     def create_optimizer(self, model: Optional[torch.nn.Module] = None) -> torch.optim.Optimizer:
         """The optimizer of `args.optim` (or `optimizer_cls_and_kwargs`), unless one was passed in."""
         if self.optimizer is None:
-            self.optimizer = optim.build_optimizer(model or self.model, self.args, self.rt.device,
-                                                   self.optimizer_cls_and_kwargs)
+            self.optimizer = optim.build_optimizer(
+                model or self.model, self.args, self.rt.device, self.optimizer_cls_and_kwargs
+            )
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
@@ -289,8 +309,9 @@ class Trainer:
             features = {k: v for k, v in inputs.items() if k != key}
             shift = self.shift if labels.dim() > 1 else 0
             if self.args.loss_chunk_size > 0 and model.training:  # evaluation keeps the logits: metrics read them
-                fused = lm_loss_sum_fused(model, features, labels, shift, smoothing, self.args.loss_chunk_size,
-                                          self._chunked_ce)
+                fused = lm_loss_sum_fused(
+                    model, features, labels, shift, smoothing, self.args.loss_chunk_size, self._chunked_ce
+                )
                 if fused is not None:  # None: not a model whose head can be fused; the full logits below
                     return fused[0], -1, fused[1]
             outputs = model(**features)
@@ -304,8 +325,13 @@ class Trainer:
         items = count_label_tokens(labels, 0)
         return loss * items, items, outputs
 
-    def compute_loss(self, model: torch.nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Optional[int] = None):
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: Dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Optional[int] = None,
+    ):
         """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`).
 
         With `compute_loss_func`, the model runs without labels and the function computes the loss from
@@ -319,22 +345,26 @@ class Trainer:
             return (loss, outputs) if return_outputs else loss
         loss_sum, items, outputs = self._forward(model, inputs)
         if loss_sum is None:
-            raise ConfigError(f"the model did not return a loss, only {', '.join(outputs.keys())}; pass labels "
-                              f"(named in label_names) or override compute_loss.")
+            raise ConfigError(
+                f"the model did not return a loss, only {', '.join(outputs.keys())}; pass labels "
+                f"(named in label_names) or override compute_loss."
+            )
         if num_items_in_batch is None or (not self.model_accepts_loss_kwargs and self._overrides("compute_loss")):
             # transformers' default compute_loss gives a model that takes no loss kwargs its own batch mean
             # (and training_step divides it by the micro-batches): a subclass calling super() gets the same
             labels = inputs.get(self.label_names[0])
-            num_items_in_batch = items if items >= 0 else count_label_tokens(
-                labels.cpu(), self.shift if labels.dim() > 1 else 0)
+            num_items_in_batch = (
+                items if items >= 0 else count_label_tokens(labels.cpu(), self.shift if labels.dim() > 1 else 0)
+            )
         if isinstance(num_items_in_batch, torch.Tensor):  # (under torchrun the count stays on the device)
             loss = loss_sum / num_items_in_batch.to(loss_sum.device).clamp(min=1)
         else:
             loss = loss_sum / max(int(num_items_in_batch), 1)
         return (loss, outputs) if return_outputs else loss
 
-    def training_step(self, model: torch.nn.Module, inputs: Dict[str, Any],
-                      num_items_in_batch: Optional[int] = None) -> torch.Tensor:
+    def training_step(
+        self, model: torch.nn.Module, inputs: Dict[str, Any], num_items_in_batch: Optional[int] = None
+    ) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its share of the step loss (detached)."""
         model.train()
         if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes
@@ -347,8 +377,11 @@ class Trainer:
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         if custom:
             # transformers' rule: a loss not already normalised over the step is divided by the micro-batches
-            scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
-                self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+            scaled = (
+                self.loss_is_scaled_for_ga
+                if self.loss_is_scaled_for_ga is not None
+                else (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+            )
             if not scaled:
                 loss = loss / self.current_gradient_accumulation_steps
             self.rt.backward(loss)
@@ -360,8 +393,9 @@ class Trainer:
 
     # ---- the run --------------------------------------------------------------------------------
 
-    def train(self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None,
-              **kwargs: Any) -> TrainOutput:
+    def train(
+        self, resume_from_checkpoint: Any = None, trial: Any = None, ignore_keys_for_eval: Any = None, **kwargs: Any
+    ) -> TrainOutput:
         """Train for max_steps (or num_train_epochs); resume from a checkpoint when given one (or True)."""
         return run.train(self, resume_from_checkpoint, trial, ignore_keys_for_eval)
 
@@ -384,28 +418,49 @@ class Trainer:
 
     # ---- evaluation, prediction, saving ---------------------------------------------------------
 
-    def prediction_step(self, model: torch.nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: Optional[List[str]] = None) -> Tuple[Any, Any, Any]:
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: Dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: Optional[List[str]] = None,
+    ) -> Tuple[Any, Any, Any]:
         """(mean loss, predictions, labels) of one batch, through `compute_loss` (transformers' route)."""
         return predict.prediction_step(self, model, inputs, prediction_loss_only, ignore_keys)
 
-    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: Optional[bool] = None,
-                        ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
-        return predict.run_evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys,
-                                           metric_key_prefix)
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: Optional[bool] = None,
+        ignore_keys: Optional[List[str]] = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        return predict.run_evaluation_loop(
+            self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Optional[List[str]] = None,
-                 metric_key_prefix: str = "eval") -> Dict[str, float]:
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "eval"
+    ) -> Dict[str, float]:
         """Loss (token-weighted), perplexity, bits per byte (when known) and compute_metrics, all prefixed."""
         return predict.evaluate(self, eval_dataset, ignore_keys, metric_key_prefix)
 
-    def predict(self, test_dataset: Any, ignore_keys: Optional[List[str]] = None,
-                metric_key_prefix: str = "test") -> PredictionOutput:
+    def predict(
+        self, test_dataset: Any, ignore_keys: Optional[List[str]] = None, metric_key_prefix: str = "test"
+    ) -> PredictionOutput:
         return predict.predict(self, test_dataset, ignore_keys, metric_key_prefix)
 
-    def hyperparameter_search(self, hp_space: Optional[Callable] = None, compute_objective: Optional[Callable] = None,
-                              n_trials: int = 20, direction: Any = "minimize", backend: Any = None,
-                              hp_name: Optional[Callable] = None, **kwargs: Any) -> Any:
+    def hyperparameter_search(
+        self,
+        hp_space: Optional[Callable] = None,
+        compute_objective: Optional[Callable] = None,
+        n_trials: int = 20,
+        direction: Any = "minimize",
+        backend: Any = None,
+        hp_name: Optional[Callable] = None,
+        **kwargs: Any,
+    ) -> Any:
         """Search hyperparameters with optuna (transformers' API); needs `model_init`."""
         from .hpsearch import run_search
 
@@ -440,10 +495,13 @@ class Trainer:
     def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
         """lmtrain runs offline: nothing is pushed (start-up said so); the model stays in output_dir."""
         if self.rt.is_main:
-            print(f"push_to_hub: not pushed (lmtrain runs without network); the model is in "
-                  f"{self.args.output_dir}.", file=sys.stderr)
+            print(
+                f"push_to_hub: not pushed (lmtrain runs without network); the model is in {self.args.output_dir}.",
+                file=sys.stderr,
+            )
 
     def create_model_card(self, **kwargs: Any) -> None:
         if self.rt.is_main:
-            write_model_card(self.args.output_dir, self.state.log_history, self.state.global_step,
-                             self.state.epoch, **kwargs)
+            write_model_card(
+                self.args.output_dir, self.state.log_history, self.state.global_step, self.state.epoch, **kwargs
+            )

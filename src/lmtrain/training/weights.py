@@ -28,8 +28,12 @@ def has_weights(ckpt_dir: str) -> bool:
     return any(os.path.isfile(os.path.join(ckpt_dir, name)) for name in WEIGHT_FILES)
 
 
-def save_model_files(model: torch.nn.Module, out_dir: str, safe_serialization: bool = True,
-                     state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+def save_model_files(
+    model: torch.nn.Module,
+    out_dir: str,
+    safe_serialization: bool = True,
+    state_dict: Optional[Dict[str, torch.Tensor]] = None,
+) -> None:
     """Weights and config: `save_pretrained` for transformers models, safetensors for plain modules.
 
     `state_dict` replaces the model's own (a full state dict gathered from FSDP shards).
@@ -89,8 +93,10 @@ def read_model_state(ckpt_dir: str) -> Dict[str, torch.Tensor]:
             for shard in sorted(set(weight_map.values())):  # each shard once, in a fixed order
                 state.update(_load_file(os.path.join(ckpt_dir, shard)))
             return state
-    raise LmtrainError(f"{ckpt_dir} holds no model weights ({SAFE_WEIGHTS}, {PT_WEIGHTS} or a sharded index); "
-                       f"it is not a usable checkpoint.")
+    raise LmtrainError(
+        f"{ckpt_dir} holds no model weights ({SAFE_WEIGHTS}, {PT_WEIGHTS} or a sharded index); "
+        f"it is not a usable checkpoint."
+    )
 
 
 def _declared_tied(model: torch.nn.Module) -> List[str]:

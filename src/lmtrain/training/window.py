@@ -34,8 +34,9 @@ class LogWindow:
         self.lr = 0.0
         self.nan_inf_filter = False
 
-    def add(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, step: int, skipped: torch.Tensor,
-            lr: float = 0.0) -> None:
+    def add(
+        self, step_loss: torch.Tensor, grad_norm: torch.Tensor, step: int, skipped: torch.Tensor, lr: float = 0.0
+    ) -> None:
         """Account one optimizer step; `skipped` is a device bool (update not applied: NaN/inf); `lr` is
         the learning rate the step used (what transformers logs)."""
         bad = ~torch.isfinite(step_loss) | ~torch.isfinite(grad_norm)

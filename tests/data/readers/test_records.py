@@ -51,9 +51,7 @@ def test_jsonl_bad_line(tmp_path):
 
 def test_jsonl_missing_column(tmp_path):
     f = write(tmp_path / "a.jsonl", '{"text": "ok"}\n{"a": 1, "b": 2}\n')
-    assert doc_error(f) == (
-        f"{f}:2 has no column 'text'; columns found: a, b; pass --text_column NAME"
-    )
+    assert doc_error(f) == (f"{f}:2 has no column 'text'; columns found: a, b; pass --text_column NAME")
 
 
 def test_jsonl_non_object_and_non_text(tmp_path):
@@ -72,9 +70,7 @@ def test_json_array_errors(tmp_path):
 
 def test_csv_missing_column(tmp_path):
     f = write(tmp_path / "a.csv", "a,b\n1,2\n")
-    assert doc_error(f) == (
-        f"{f}:1 has no column 'text'; columns found: a, b; pass --text_column NAME"
-    )
+    assert doc_error(f) == (f"{f}:1 has no column 'text'; columns found: a, b; pass --text_column NAME")
 
 
 def test_csv_short_row(tmp_path):

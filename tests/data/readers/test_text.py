@@ -48,9 +48,7 @@ def test_empty_gz_file(tmp_path):
 def test_invalid_utf8_reports_offset(tmp_path):
     f = write(tmp_path / "bad.txt", b"hello\nwor\xffld")
     msg = doc_error(f)
-    assert msg == (
-        f"{f} is not valid UTF-8 at byte 9 (line 2); convert it, or pass --encoding_errors replace"
-    )
+    assert msg == (f"{f} is not valid UTF-8 at byte 9 (line 2); convert it, or pass --encoding_errors replace")
 
 
 def test_invalid_utf8_offset_across_chunks(tmp_path, monkeypatch):
@@ -155,8 +153,17 @@ def _bad_files(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "empty", "bom only", "empty gz", "invalid utf-8", "invalid utf-8 gz", "gzip named txt",
-     "plain named gz", "truncated gz"],
+    [
+        "missing",
+        "empty",
+        "bom only",
+        "empty gz",
+        "invalid utf-8",
+        "invalid utf-8 gz",
+        "gzip named txt",
+        "plain named gz",
+        "truncated gz",
+    ],
 )
 def test_text_pieces_errors_are_iter_documents_errors(tmp_path, small_pieces, case):
     f = _bad_files(tmp_path)[case]

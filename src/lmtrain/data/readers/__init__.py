@@ -77,14 +77,10 @@ def iter_documents(
         if yielded == 0:
             if ext.startswith(".txt") or not ext:
                 raise DataError(f"{path} is empty; remove it or add text")
-            raise DataError(
-                f"{path} has no text in column '{text_column}'; remove it or add text"
-            )
+            raise DataError(f"{path} has no text in column '{text_column}'; remove it or add text")
 
 
-def count_bytes(
-    files: Sequence[Path], text_column: str = "text", encoding_errors: str = "strict"
-) -> int:
+def count_bytes(files: Sequence[Path], text_column: str = "text", encoding_errors: str = "strict") -> int:
     """Total UTF-8 bytes of all documents (the denominator of bits-per-byte)."""
     return sum(len(doc.encode("utf-8")) for doc in iter_documents(files, text_column, encoding_errors))
 

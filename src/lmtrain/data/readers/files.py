@@ -11,9 +11,7 @@ from typing import Sequence
 from lmtrain.errors import DataError
 
 _BASE_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv")
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (
-    _BASE_EXTENSIONS + tuple(e + ".gz" for e in _BASE_EXTENSIONS) + (".parquet",)
-)
+SUPPORTED_EXTENSIONS: tuple[str, ...] = _BASE_EXTENSIONS + tuple(e + ".gz" for e in _BASE_EXTENSIONS) + (".parquet",)
 _TEXT_EXTENSIONS = (".txt", ".txt.gz")  # one file = one document
 _GLOB_CHARS = "*?["
 
@@ -77,9 +75,7 @@ def resolve_files(paths: Sequence[str | Path]) -> list[Path]:
                 files.extend(_files_in_dir(mp) if mp.is_dir() else [mp])
             files = [f for f in files if extension(f)]
             if not files:
-                raise DataError(
-                    f"the pattern {raw} matches no supported files; use {_supported_list()}"
-                )
+                raise DataError(f"the pattern {raw} matches no supported files; use {_supported_list()}")
             for f in files:
                 add(f)
         elif path.is_dir():
@@ -88,16 +84,13 @@ def resolve_files(paths: Sequence[str | Path]) -> list[Path]:
                 raise DataError(f"directory {raw} is empty; add data files or pass another path")
             files = [f for f in everything if extension(f)]
             if not files:
-                raise DataError(
-                    f"directory {raw} has no supported files; use {_supported_list()}"
-                )
+                raise DataError(f"directory {raw} has no supported files; use {_supported_list()}")
             for f in files:
                 add(f)
         elif path.is_file():
             if not extension(path):
                 raise DataError(
-                    f"{raw} has an unsupported file type; use {_supported_list()} "
-                    "(rename plain text to .txt)"
+                    f"{raw} has an unsupported file type; use {_supported_list()} (rename plain text to .txt)"
                 )
             add(path)
         else:

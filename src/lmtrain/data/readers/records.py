@@ -25,14 +25,10 @@ def _text_stream(raw: IO[bytes], errors: str) -> io.TextIOWrapper:
 
 def _column_value(path: Path, where: str, record: object, column: str) -> str | None:
     if not isinstance(record, dict):
-        raise DataError(
-            f"{where} is not a JSON object; each record must look like {{\"{column}\": \"...\"}}"
-        )
+        raise DataError(f'{where} is not a JSON object; each record must look like {{"{column}": "..."}}')
     if column not in record:
         found = ", ".join(map(str, record)) or "(none)"
-        raise DataError(
-            f"{where} has no column '{column}'; columns found: {found}; pass --text_column NAME"
-        )
+        raise DataError(f"{where} has no column '{column}'; columns found: {found}; pass --text_column NAME")
     value = record[column]
     if value is None:
         return None
@@ -44,9 +40,7 @@ def _column_value(path: Path, where: str, record: object, column: str) -> str | 
     return value
 
 
-def iter_json(
-    path: Path, raw: IO[bytes], base: str, column: str, errors: str
-) -> Iterator[str]:
+def iter_json(path: Path, raw: IO[bytes], base: str, column: str, errors: str) -> Iterator[str]:
     """The texts of a ``.jsonl`` (``base``) or ``.json`` file."""
     stream = _text_stream(raw, errors)
     if base == ".json":
@@ -79,8 +73,7 @@ def iter_json(
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
-                f"{path}:{lineno} is not valid JSON: {e.msg} (column {e.colno}); "
-                "each line must be one JSON object"
+                f"{path}:{lineno} is not valid JSON: {e.msg} (column {e.colno}); each line must be one JSON object"
             ) from None
         value = _column_value(path, f"{path}:{lineno}", rec, column)
         if value:
@@ -106,9 +99,7 @@ def iter_csv(path: Path, raw: IO[bytes], column: str, errors: str) -> Iterator[s
             return
         if column not in header:
             found = ", ".join(header) or "(none)"
-            raise DataError(
-                f"{path}:1 has no column '{column}'; columns found: {found}; pass --text_column NAME"
-            )
+            raise DataError(f"{path}:1 has no column '{column}'; columns found: {found}; pass --text_column NAME")
         idx = header.index(column)
         for row in reader:
             if len(row) <= idx:
@@ -121,6 +112,4 @@ def iter_csv(path: Path, raw: IO[bytes], column: str, errors: str) -> Iterator[s
             if row[idx]:
                 yield row[idx]
     except csv.Error as e:
-        raise DataError(
-            f"{path}:{reader.line_num} is not valid CSV: {one_line(e)}; fix the file"
-        ) from None
+        raise DataError(f"{path}:{reader.line_num} is not valid CSV: {one_line(e)}; fix the file") from None

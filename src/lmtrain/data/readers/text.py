@@ -40,10 +40,7 @@ PIECE_BOUNDARY = re.compile(r"(?<=\S)[ \n](?=\S)")
 def check_encoding_errors(encoding_errors: str) -> None:
     """Reject an ``encoding_errors`` value the readers cannot honour."""
     if encoding_errors not in ENCODING_ERRORS:
-        raise ConfigError(
-            f"encoding_errors must be one of {', '.join(ENCODING_ERRORS)}; "
-            f"got {encoding_errors!r}"
-        )
+        raise ConfigError(f"encoding_errors must be one of {', '.join(ENCODING_ERRORS)}; got {encoding_errors!r}")
 
 
 def split_pieces(text: str) -> list[str]:
@@ -86,9 +83,7 @@ def read_errors(path: Path, compressed: bool) -> Iterator[None]:
     except UnicodeDecodeError:
         raise _utf8_error(path, compressed) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(
-            f"{path} is a corrupt or truncated gzip file ({one_line(e)}); re-create it"
-        ) from None
+        raise DataError(f"{path} is a corrupt or truncated gzip file ({one_line(e)}); re-create it") from None
 
 
 def one_line(e: BaseException) -> str:
@@ -101,9 +96,7 @@ def _utf8_error(path: Path, compressed: bool) -> DataError:
     """Locate the first invalid byte (in the decompressed stream) for the message."""
     offset, line = _first_invalid_utf8(path, compressed)
     where = f"byte {offset} (line {line})" if offset >= 0 else "some byte"
-    return DataError(
-        f"{path} is not valid UTF-8 at {where}; convert it, or pass --encoding_errors replace"
-    )
+    return DataError(f"{path} is not valid UTF-8 at {where}; convert it, or pass --encoding_errors replace")
 
 
 def _first_invalid_utf8(path: Path, compressed: bool) -> tuple[int, int]:
@@ -111,7 +104,7 @@ def _first_invalid_utf8(path: Path, compressed: bool) -> tuple[int, int]:
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     consumed = 0  # bytes handed to the decoder so far
     newlines = 0
-    with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
         while True:
             chunk = f.read(_CHUNK)
             final = not chunk
@@ -175,9 +168,7 @@ def iter_text_pieces(
         raise DataError(f"{path} is empty; remove it or add text")
 
 
-def _txt_pieces(
-    path: Path, compressed: bool, errors: str, on_read: Optional[Callable[[int], None]]
-) -> Iterator[str]:
+def _txt_pieces(path: Path, compressed: bool, errors: str, on_read: Optional[Callable[[int], None]]) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8-sig")(errors)  # as iter_txt decodes
     buf = ""
     scanned = 0  # no boundary starts in buf[:scanned]
