@@ -1,10 +1,17 @@
-"""Result files transformers' example scripts write: *_results.json, all_results.json, a model card."""
+"""What a run leaves in output_dir besides checkpoints: the model (as `save_model` writes it), the
+arguments, and the result files transformers' example scripts write (*_results.json,
+all_results.json, a model card)."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List
+import pickle
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .weights import save_model_files
 
 
 def format_metrics(split: str, metrics: Dict[str, Any]) -> str:
@@ -47,3 +54,27 @@ def write_model_card(
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def save_args(args: Any, out_dir: str) -> None:
+    """The arguments as transformers saves them (training_args.bin) and as JSON for people."""
+    args_bin = os.path.join(out_dir, "training_args.bin")
+    try:
+        torch.save(args, args_bin)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        # e.g. a lambda in the args: resuming never reads this file, and training_args.json stays
+        if os.path.exists(args_bin):
+            os.remove(args_bin)
+    with open(os.path.join(out_dir, "training_args.json"), "w", encoding="utf-8") as f:
+        f.write(args.to_json_string() + "\n")
+
+
+def save_model_dir(
+    model: torch.nn.Module, out: str, tokenizer: Any, args: Any, state_dict: Optional[Dict[str, Any]] = None
+) -> None:
+    """Weights, config, tokenizer and arguments, so that `from_pretrained(out)` loads the model."""
+    os.makedirs(out, exist_ok=True)
+    save_model_files(model, out, safe_serialization=args.save_safetensors, state_dict=state_dict)
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(out)
+    save_args(args, out)

@@ -22,15 +22,15 @@ from ..data.loader import KeepColumns, drop_unused_columns, example_lengths, for
 from ..distributed import full_state_dicts, setup_runtime
 from ..errors import ConfigError
 from . import checkpoint as ckpt
-from . import optim, predict, run
+from . import forward, optim, predict, run
 from .callbacks import CallbackHandler, DefaultFlowCallback, TrainerControl
 from .evaluate import EvalLoopOutput, PredictionOutput
 from .extras import accepts_loss_kwargs, apply_log_level, default_collator
-from .linear_ce import linear_cross_entropy_sum, lm_loss_sum_fused
-from .loss import count_label_tokens, label_shift, output_logits, token_loss_sum
+from .linear_ce import linear_cross_entropy_sum
+from .loss import label_shift, token_loss_sum
 from .plan import set_seed
 from .reporting import JsonlLoggerCallback, ProgressCallback, reporting_callbacks
-from .results import format_metrics, save_metrics, write_model_card
+from .results import format_metrics, save_metrics, save_model_dir, write_model_card
 from .run import TrainOutput
 from .state import TrainState
 from .window import LogWindow
@@ -295,35 +295,8 @@ class Trainer:
         return self.compute_loss_func is not None or self._overrides("compute_loss")
 
     def _forward(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, int, Any]:
-        """(sum of token losses, label tokens or -1 when not counted here, outputs) for one batch.
-
-        Language-model batches (labels shaped like input_ids), and any batch under label smoothing, get
-        the loss from the logits, so it can be summed; other models compute their own mean loss, which
-        is weighted back by its item count.
-        """
-        key = self.label_names[0]
-        labels = inputs.get(key)
-        ids = inputs.get("input_ids")
-        smoothing = self.args.label_smoothing_factor
-        if labels is not None and ((ids is not None and labels.shape == ids.shape) or smoothing):
-            features = {k: v for k, v in inputs.items() if k != key}
-            shift = self.shift if labels.dim() > 1 else 0
-            if self.args.loss_chunk_size > 0 and model.training:  # evaluation keeps the logits: metrics read them
-                fused = lm_loss_sum_fused(
-                    model, features, labels, shift, smoothing, self.args.loss_chunk_size, self._chunked_ce
-                )
-                if fused is not None:  # None: not a model whose head can be fused; the full logits below
-                    return fused[0], -1, fused[1]
-            outputs = model(**features)
-            return self._loss_sum(output_logits(outputs), labels, shift, smoothing), -1, outputs
-        outputs = model(**inputs)
-        if isinstance(outputs, dict) and "loss" not in outputs:  # no labels, no loss: predictions only
-            return None, 1, outputs
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-        if labels is None:
-            return loss, 1, outputs
-        items = count_label_tokens(labels, 0)
-        return loss * items, items, outputs
+        """(sum of token losses, label tokens or -1 when not counted here, outputs) for one batch."""
+        return forward.loss_sum(self, model, inputs)
 
     def compute_loss(
         self,
@@ -332,64 +305,14 @@ class Trainer:
         return_outputs: bool = False,
         num_items_in_batch: Optional[int] = None,
     ):
-        """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`).
-
-        With `compute_loss_func`, the model runs without labels and the function computes the loss from
-        (outputs, labels, num_items_in_batch=...), as in transformers.
-        """
-        if self.compute_loss_func is not None:
-            inputs = dict(inputs)
-            labels = inputs.pop(self.label_names[0], None)
-            outputs = model(**inputs)
-            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
-        loss_sum, items, outputs = self._forward(model, inputs)
-        if loss_sum is None:
-            raise ConfigError(
-                f"the model did not return a loss, only {', '.join(outputs.keys())}; pass labels "
-                f"(named in label_names) or override compute_loss."
-            )
-        if num_items_in_batch is None or (not self.model_accepts_loss_kwargs and self._overrides("compute_loss")):
-            # transformers' default compute_loss gives a model that takes no loss kwargs its own batch mean
-            # (and training_step divides it by the micro-batches): a subclass calling super() gets the same
-            labels = inputs.get(self.label_names[0])
-            num_items_in_batch = (
-                items if items >= 0 else count_label_tokens(labels.cpu(), self.shift if labels.dim() > 1 else 0)
-            )
-        if isinstance(num_items_in_batch, torch.Tensor):  # (under torchrun the count stays on the device)
-            loss = loss_sum / num_items_in_batch.to(loss_sum.device).clamp(min=1)
-        else:
-            loss = loss_sum / max(int(num_items_in_batch), 1)
-        return (loss, outputs) if return_outputs else loss
+        """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`)."""
+        return forward.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(
         self, model: torch.nn.Module, inputs: Dict[str, Any], num_items_in_batch: Optional[int] = None
     ) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its share of the step loss (detached)."""
-        model.train()
-        if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers switch modes
-            self.optimizer.train()
-        custom = self._custom_loss()
-        if custom and isinstance(num_items_in_batch, int):
-            # transformers hands a custom loss a tensor (.item(), .to() work); a 0-d CPU one costs no sync
-            num_items_in_batch = torch.tensor(num_items_in_batch)
-        with self.rt.autocast():
-            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        if custom:
-            # transformers' rule: a loss not already normalised over the step is divided by the micro-batches
-            scaled = (
-                self.loss_is_scaled_for_ga
-                if self.loss_is_scaled_for_ga is not None
-                else (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
-            )
-            if not scaled:
-                loss = loss / self.current_gradient_accumulation_steps
-            self.rt.backward(loss)
-        else:
-            # DDP averages gradients over ranks; the loss is already over the global token count, so undo that.
-            spread = self.rt.distributed and self.args.average_tokens_across_devices
-            self.rt.backward(loss * self.rt.world_size if spread else loss)
-        return loss.detach()
+        return forward.training_step(self, model, inputs, num_items_in_batch)
 
     # ---- the run --------------------------------------------------------------------------------
 
@@ -470,12 +393,7 @@ class Trainer:
         """Save weights, config and tokenizer so `from_pretrained(output_dir)` loads them."""
         model_sd, _ = full_state_dicts(self.model, None, self.rt)  # FSDP: a collective, on every rank
         if self.rt.is_main:
-            out = output_dir or self.args.output_dir
-            os.makedirs(out, exist_ok=True)
-            ckpt.save_model_files(self.model, out, safe_serialization=self.args.save_safetensors, state_dict=model_sd)
-            if self.processing_class is not None and hasattr(self.processing_class, "save_pretrained"):
-                self.processing_class.save_pretrained(out)
-            ckpt.save_args(self.args, out)
+            save_model_dir(self.model, output_dir or self.args.output_dir, self.processing_class, self.args, model_sd)
         self.rt.barrier()  # every rank returns once the model is on disk
 
     def save_state(self) -> None:
