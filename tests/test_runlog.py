@@ -6,6 +6,7 @@ import json
 import math
 
 from lmtrain.runlog import LOG_NAME, RunLog, make_record, read_log, read_run_log, record_kind, resolve_records
+from tests.report.helpers import eval_record, summary_record, train_record
 
 
 def test_write_read_round_trip(tmp_path):
@@ -111,3 +112,34 @@ def test_resolve_records_of_what_the_writer_wrote(tmp_path):
     train, evals, summary, superseded = resolve_records(read_run_log(tmp_path))
     assert [(r["step"], r["loss"]) for r in train] == [(1, 4.0), (2, 3.0), (3, 0.7), (4, 0.6)]
     assert [r["step"] for r in evals] == [2] and summary["train_loss"] == 2.0 and superseded == 1
+
+
+def test_resolve_records_later_record_wins_on_resume():
+    # logged 5..30 and evaluated at 20; killed after 30 (checkpoint at 20); resumed from 20 with
+    # other numbers; then the final evaluation repeats step 40's.
+    first = (
+        [train_record(s, loss=9.0) for s in (5, 10, 15, 20)]
+        + [eval_record(20, loss=9.5)]
+        + [train_record(s, loss=9.0) for s in (25, 30)]
+    )
+    resumed = [train_record(s, loss=1.0) for s in (25, 30, 35, 40)] + [
+        eval_record(40, loss=1.5),
+        summary_record(40),
+        eval_record(40, loss=1.4),
+    ]
+    train, evals, summary, superseded = resolve_records(first + resumed)
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [r["loss"] for r in train] == [9.0] * 4 + [1.0] * 4
+    assert [(r["step"], r["eval_loss"]) for r in evals] == [(20, 9.5), (40, 1.4)]
+    assert summary["train_runtime"] == 12.5
+    assert superseded == 2
+
+
+def test_resolve_records_resume_drops_the_lost_attempt_past_the_restart():
+    # the first attempt logged and evaluated past the step the resumed run starts logging from
+    first = [train_record(s, loss=9.0) for s in (5, 10, 15)] + [eval_record(15, loss=9.9)]
+    resumed = [train_record(s, loss=1.0) for s in (10, 15, 20)]
+    train, evals, _, superseded = resolve_records(first + resumed)
+    assert [(r["step"], r["loss"]) for r in train] == [(5, 9.0), (10, 1.0), (15, 1.0), (20, 1.0)]
+    assert evals == []
+    assert superseded == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, List
+from typing import TYPE_CHECKING, Any, List, Type, cast
 
 from .errors import ConfigError
 from .hf_fields import hf_enums
@@ -37,20 +37,29 @@ class ParallelMode(str, Enum):
     DISTRIBUTED = "distributed"
 
 
-def _installed_enum(name: str, fallback: List[str]) -> type:
+def _installed_enum(name: str, fallback: List[str]) -> Type[Enum]:
     """An enum with the members of the installed transformers' enum `name` (fallback when unreadable)."""
     values = hf_enums().get(name) or fallback
-    return Enum(name, {v.upper(): v for v in values}, type=str, module=__name__)
+    # mypy types the functional Enum API with computed members as an Enum instance; it returns a class.
+    return cast(Type[Enum], Enum(name, {v.upper(): v for v in values}, type=str, module=__name__))
 
 
-SchedulerType = _installed_enum(
-    "SchedulerType",
-    ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"],
-)
-OptimizerNames = _installed_enum("OptimizerNames", ["adamw_torch", "adamw_torch_fused", "sgd", "adagrad"])
+if TYPE_CHECKING:
+    # Their members are read from the installed transformers at import time, so mypy only knows them
+    # as str enums (which lets `TrainingArguments` use them in annotations).
+    class SchedulerType(str, Enum): ...
+
+    class OptimizerNames(str, Enum): ...
+
+else:
+    SchedulerType = _installed_enum(
+        "SchedulerType",
+        ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"],
+    )
+    OptimizerNames = _installed_enum("OptimizerNames", ["adamw_torch", "adamw_torch_fused", "sgd", "adagrad"])
 
 
-def _enum_value(value: Any, enum: type, name: str) -> str:
+def _enum_value(value: Any, enum: Type[Enum], name: str) -> str:
     if isinstance(value, Enum):
         value = value.value
     allowed = [e.value for e in enum]

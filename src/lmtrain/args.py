@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Union
 
 from .arg_types import (  # noqa: F401 (re-exported: part of this module's API)
     ALIASES,
@@ -32,7 +32,15 @@ from .arg_types import (  # noqa: F401 (re-exported: part of this module's API)
 from .errors import ConfigError
 from .hf_fields import hf_training_fields
 
+if TYPE_CHECKING:  # the type checker sees the declared fields; the dataclass is made once the rest are added
+    from dataclasses import dataclass as _declared
+else:
 
+    def _declared(cls: type) -> type:
+        return cls
+
+
+@_declared
 class TrainingArguments:
     """Settings of a training run, with the names and defaults of `transformers.TrainingArguments`."""
 
@@ -393,6 +401,11 @@ def undeclared_fields(names: Any) -> List[str]:
     return [n for n in names if n not in _LMTRAIN_DECLARED and n not in ALIASES and n in hf_training_fields()]
 
 
+def _copier(value: Any) -> Callable[[], Any]:
+    """A default factory: a fresh copy of a mutable default for every instance."""
+    return lambda: type(value)(value)
+
+
 def _add_transformers_fields(cls: type) -> type:
     """Declare, on the undecorated class, every transformers field it lacks; then make it a dataclass."""
     annotations = dict(cls.__dict__.get("__annotations__", {}))
@@ -402,14 +415,14 @@ def _add_transformers_fields(cls: type) -> type:
         annotations[name] = hf.type
         default = hf.default
         if isinstance(default, (list, dict)):
-            setattr(cls, name, field(default_factory=lambda d=default: type(d)(d), metadata={"help": hf.help}))
+            setattr(cls, name, field(default_factory=_copier(default), metadata={"help": hf.help}))
         else:
             setattr(cls, name, field(default=default, metadata={"help": hf.help}))
     cls.__annotations__ = annotations
     return dataclass(cls)
 
 
-TrainingArguments = _add_transformers_fields(TrainingArguments)
+_add_transformers_fields(TrainingArguments)  # (dataclass() decorates the class in place)
 IMPLEMENTED_HF_FIELDS = frozenset(
     name
     for name in TrainingArguments.__dict__.get("__annotations__", {})

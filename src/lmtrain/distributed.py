@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Optional
+from typing import Any, ContextManager, Dict, Iterator, Optional, cast
 
 import torch
 
@@ -22,7 +22,8 @@ def _destroy_process_group() -> None:
 
 
 @contextlib.contextmanager
-def _fsdp_sync(model: torch.nn.Module, sync: bool):
+def _fsdp_sync(model: Any, sync: bool) -> Iterator[None]:
+    # `model` was sharded by fully_shard, which gives its class FSDPModule's set_requires_gradient_sync
     model.set_requires_gradient_sync(sync)  # FSDP2: reduce-scatter only on the step's last micro-batch
     yield
 
@@ -79,7 +80,8 @@ class Runtime:
     def no_sync(self, model: torch.nn.Module, last_micro_batch: bool) -> ContextManager:
         """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
         if self.distributed and not last_micro_batch and hasattr(model, "no_sync"):
-            return model.no_sync()
+            ddp: Any = model  # DistributedDataParallel: nn.Module's stubs type unknown attributes as Tensor | Module
+            return ddp.no_sync()
         if self.fsdp and hasattr(model, "set_requires_gradient_sync"):
             return _fsdp_sync(model, last_micro_batch)
         return contextlib.nullcontext()
@@ -167,7 +169,8 @@ def wrap_model(
     compile = getattr(args, "torch_compile", False) if compile is None else compile
     if compile:
         options = {k: getattr(args, f"torch_compile_{k}", None) for k in ("mode", "backend")}
-        model = torch.compile(model, **{k: v for k, v in options.items() if v})
+        # for an nn.Module, torch.compile returns an OptimizedModule (typed as a plain callable)
+        model = cast(torch.nn.Module, torch.compile(model, **{k: v for k, v in options.items() if v}))
     if not rt.distributed or rt.fsdp:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -197,7 +200,7 @@ def shard_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=rt.amp_dtype, reduce_dtype=torch.float32) if rt.amp_dtype else None
-    kwargs = {"mp_policy": policy} if policy is not None else {}
+    kwargs: Dict[str, Any] = {"mp_policy": policy} if policy is not None else {}
     for block in _repeated_blocks(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)

@@ -129,7 +129,31 @@ def _cli_type(annotation: str, default: Any) -> Any:
     return tp
 
 
-def _call_keywords(node: ast.AST) -> Tuple[Dict[str, ast.AST], bool]:
+def _help(meta: Optional[ast.AST]) -> str:
+    """The `help` entry of a field's metadata dict (its other entries need not be literals)."""
+    if not isinstance(meta, ast.Dict):
+        return ""
+    for key, value in zip(meta.keys, meta.values):
+        if isinstance(key, ast.Constant) and key.value == "help":
+            text = _value(value)
+            return text if isinstance(text, str) else ""
+    return ""
+
+
+def _class_constants(body: List[ast.stmt], into: Dict[str, Any]) -> None:
+    """Literal values assigned to plain names in a class body (also under `if`), the last one winning,
+    as the class body runs top to bottom (e.g. `default_optim = "adamw_torch_fused"`)."""
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            try:
+                into[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+            except ValueError:
+                pass
+        elif isinstance(stmt, ast.If):
+            _class_constants(stmt.body, into)
+
+
+def _call_keywords(node: Optional[ast.AST]) -> Tuple[Dict[str, ast.expr], bool]:
     """Keywords of a `field(...)` call, and whether the value was such a call."""
     if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "field":
         return {k.arg: k.value for k in node.keywords if k.arg}, True
@@ -144,6 +168,8 @@ def hf_training_fields() -> Dict[str, HfField]:
         (n for n in (tree.body if tree else []) if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments"), None
     )
     out: Dict[str, HfField] = {}
+    constants: Dict[str, Any] = {}
+    _class_constants(cls.body if cls else [], constants)
     for stmt in cls.body if cls else []:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
@@ -151,13 +177,13 @@ def hf_training_fields() -> Dict[str, HfField]:
         if name.startswith("_"):
             continue
         keywords, is_field = _call_keywords(stmt.value)
-        if is_field and isinstance(keywords.get("init"), ast.Constant) and keywords["init"].value is False:
+        init = keywords.get("init")
+        if is_field and isinstance(init, ast.Constant) and init.value is False:
             continue
         if is_field:
-            default = _value(keywords.get("default", keywords.get("default_factory")))
-            meta = keywords.get("metadata")
-            meta_value = _value(meta) if meta is not None else None
-            help_text = (meta_value or {}).get("help", "") if isinstance(meta_value, dict) else ""
+            node = keywords.get("default", keywords.get("default_factory"))
+            default = constants.get(node.id) if isinstance(node, ast.Name) and node.id in constants else _value(node)
+            help_text = _help(keywords.get("metadata"))
         else:
             default, help_text = _value(stmt.value), ""
         annotation = ast.unparse(stmt.annotation)

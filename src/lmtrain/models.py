@@ -125,7 +125,8 @@ def build_model(
                 f"{model_name_or_path} cannot be loaded as a {kind} LM ({str(e).splitlines()[0]}); "
                 f"{'drop' if mlm else 'add'} --mlm or pick another model."
             ) from e
-        vocab = model.get_input_embeddings().num_embeddings
+        embeddings: Any = model.get_input_embeddings()  # an nn.Embedding, typed nn.Module by transformers
+        vocab = embeddings.num_embeddings
         if len(tokenizer) > vocab:
             model.resize_token_embeddings(len(tokenizer))
         return model

@@ -158,8 +158,8 @@ def _first_of(*converters: Callable[[str], Any]) -> Callable[[str], Any]:
 def _default_of(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return field.default_factory()  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
     return dataclasses.MISSING
 
 
@@ -281,7 +281,7 @@ class HfArgumentParser(argparse.ArgumentParser):
 
     def _suggest(self, word: str) -> list:
         """Close valid option names for an unknown `word` (best first, at most 3)."""
-        names = {}  # "learning_rate" -> "--learning_rate", one entry per spelling, canonical option kept
+        names: dict = {}  # "learning_rate" -> "--learning_rate", one entry per spelling, canonical option kept
         for action in self._actions:
             for opt in action.option_strings:
                 names.setdefault(opt.lstrip("-").replace("-", "_"), action.option_strings[0])

@@ -64,3 +64,11 @@ def test_next_steps_line():
     )
     assert "lmtrain eval --mlm --model runs/m" in next_steps("runs/m", ModelArguments(mlm=True))
     assert "--model runs/l/merged" in next_steps("runs/l", ModelArguments(lora_r=8, lora_merge=True))
+
+
+def test_unknown_flag_suggests_the_closest(capsys):
+    from lmtrain import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--learning_rat", "1e-3"])
+    assert info.value.code == 2 and "--learning_rate" in capsys.readouterr().err

@@ -181,6 +181,18 @@ def test_data_collator_with_padding(bert_like):
     assert fixed["input_ids"].shape == (3, 6)
 
 
+def test_padding_features_without_a_mask_adds_the_mask_transformers_adds(bert_like):
+    import transformers
+
+    feats = [{"input_ids": [2, 10, 11, 3]}, {"input_ids": [2, 12, 3]}]
+    theirs = transformers.DataCollatorWithPadding(bert_like)([dict(f) for f in feats])
+    ours = DataCollatorWithPadding(bert_like)([dict(f) for f in feats])
+    assert theirs["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
 def test_default_data_collator_label_renaming():
     feats = [{"input_ids": [1, 2, 3], "label": 1, "text": "skipped", "extra": None} for _ in range(4)]
     batch = default_data_collator(feats)

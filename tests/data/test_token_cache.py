@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lmtrain.data.encoders as encoders
 import lmtrain.data.token_cache as tokmod
 from lmtrain.data.bpe import train_bpe_tokenizer
-from lmtrain.data.readers import PIECE_BOUNDARY, iter_documents, iter_text_pieces, sample_corpus_files
+from lmtrain.data.readers import iter_documents, iter_text_pieces, sample_corpus_files
 from lmtrain.data.readers import text as text_reader
 from lmtrain.data.token_cache import TokenCache, build_token_cache, default_cache_root
 from lmtrain.errors import DataError
@@ -272,20 +271,6 @@ def test_txt_errors_are_the_readers(tokenizer, tmp_path, small_chunks):
     with pytest.raises(DataError, match="is not gzip-compressed"):
         build_token_cache([gz], tokenizer, cache_dir=tmp_path / "c")
     assert [p.name for p in (tmp_path / "c").iterdir()] == [cache.path.name]  # no leftovers
-
-
-def test_piece_boundaries_are_exact(tokenizer):
-    # Encoding pieces cut at every boundary gives the ids of the whole text.
-    import random
-
-    rng = random.Random(0)
-    alphabet = ["a", "bc", " ", "  ", "\n", "\n\n", "\t", "\r\n", "1", ".", "'s", "'", "é", " \n", "\x1c"]
-    encode = encoders.hf_encoder(tokenizer)
-    for _ in range(200):
-        text = "".join(rng.choice(alphabet) for _ in range(40))
-        cuts = [m.start() for m in PIECE_BOUNDARY.finditer(text)]
-        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
-        assert encode([text])[0] == [i for p in encode(pieces) for i in p], repr(text)
 
 
 def test_progress_bar_in_bytes(tokenizer, corpus, tmp_path, capsys):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from lmtrain import Trainer, TrainingArguments
+from lmtrain.training import forward as forward_module
 from lmtrain.training import linear_ce
-from lmtrain.training import trainer as trainer_module
 from lmtrain.training.linear_ce import fusion_status, linear_cross_entropy_sum, lm_loss_sum_fused
 from lmtrain.training.loss import label_shift, token_loss_sum
 from tests.conftest import tiny_gpt2
@@ -346,8 +346,8 @@ def stack(features):
 
 def test_trainer_losses_and_weights_match_with_loss_chunk_size(tmp_path, monkeypatch):
     calls = []
-    real = trainer_module.lm_loss_sum_fused
-    monkeypatch.setattr(trainer_module, "lm_loss_sum_fused", lambda *a: calls.append(1) or real(*a))
+    real = forward_module.lm_loss_sum_fused
+    monkeypatch.setattr(forward_module, "lm_loss_sum_fused", lambda *a: calls.append(1) or real(*a))
     results = {}
     # SGD, not Adam: Adam divides each element by its own gradient scale and so turns the rounding noise of
     # gradients that are exactly 0 (attention key biases) into weight changes of the learning rate's size

@@ -5,28 +5,28 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, LmtrainError
 from ..recipe_args import DataArguments, ModelArguments
 
 
-def split_config(argv: Sequence[str]) -> tuple:
+def split_config(argv: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
     """Pull `--config FILE` out of argv and load it (YAML or JSON): (the other arguments, the file's values)."""
     from ..parser import read_yaml
 
-    argv = list(argv)
-    for i, arg in enumerate(argv):
+    rest = list(argv)
+    for i, arg in enumerate(rest):
         if arg == "--config" or arg.startswith("--config="):
-            path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-            del argv[i : i + (1 if "=" in arg else 2)]
+            path = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else "")
+            del rest[i : i + (1 if "=" in arg else 2)]
             if not os.path.isfile(path):
                 raise LmtrainError(f"--config {path!r}: no such file; check the path.")
             values = read_yaml(path) or {}  # JSON is YAML too
             if not isinstance(values, dict):
                 raise LmtrainError(f"{path} must hold a mapping of option names to values.")
-            return argv, values
-    return argv, {}
+            return rest, values
+    return rest, {}
 
 
 def parse(dataclass_types: list, argv: Sequence[str], prog: str, defaults: Optional[dict] = None) -> tuple:
@@ -34,8 +34,8 @@ def parse(dataclass_types: list, argv: Sequence[str], prog: str, defaults: Optio
     from ..parser import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types, prog=prog)
-    argv, from_file = split_config(argv)
-    return parser.parse_args_with_defaults(argv, {**(defaults or {}), **from_file})
+    rest, from_file = split_config(argv)
+    return parser.parse_args_with_defaults(rest, {**(defaults or {}), **from_file})
 
 
 def default_output_dir() -> str:

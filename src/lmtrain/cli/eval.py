@@ -11,8 +11,8 @@ from .common import check_model_dir, parse, quiet_model_loading
 
 @dataclass
 class EvalArguments:
-    model: str = field(default=None, metadata={"help": "A trained model directory (an lmtrain output_dir)."})
-    file: List[str] = field(default=None, metadata={"help": "Text files to evaluate on."})
+    model: Optional[str] = field(default=None, metadata={"help": "A trained model directory (an lmtrain output_dir)."})
+    file: Optional[List[str]] = field(default=None, metadata={"help": "Text files to evaluate on."})
     block_size: Optional[int] = None
     """Tokens per sequence (default: the model's positions, at most 1024)."""
     batch_size: int = 8

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import LmtrainError
 from .common import check_model_dir, parse, quiet_model_loading
@@ -11,7 +11,7 @@ from .common import check_model_dir, parse, quiet_model_loading
 
 @dataclass
 class GenerateArguments:
-    model: str = field(default=None, metadata={"help": "A trained causal LM directory."})
+    model: Optional[str] = field(default=None, metadata={"help": "A trained causal LM directory."})
     prompt: str = ""
     """Text to continue."""
     max_new_tokens: int = 50

@@ -206,6 +206,12 @@ class DataCollatorWithPadding:
                     f["labels"] = f.pop(old)
         if "input_ids" not in features[0]:
             raise DataError("features have no 'input_ids'; tokenize the dataset before batching it")
+        if "attention_mask" not in features[0] and "attention_mask" in getattr(
+            self.tokenizer, "model_input_names", ["attention_mask"]
+        ):
+            # transformers' tokenizer.pad adds the mask the model needs to ignore the padding
+            for f in features:
+                f["attention_mask"] = [1] * len(f["input_ids"])
         if self.padding in (False, "do_not_pad"):
             return _finish(default_data_collator(features), self.return_tensors)
         lengths = _lengths([f["input_ids"] for f in features])
@@ -327,6 +333,7 @@ class DataCollatorForLanguageModeling:
         no_mask = special.bool() if special is not None else self._special_mask(inputs)
         if attention_mask is not None:
             no_mask = no_mask | (attention_mask == 0)
+        assert self.mlm_probability is not None, "mlm_probability is None; masking needs a probability"
         probability = torch.full(inputs.shape, float(self.mlm_probability)).masked_fill_(no_mask, 0.0)
         chosen = torch.bernoulli(probability, generator=gen).bool()
         labels = torch.where(chosen, inputs, torch.full_like(inputs, IGNORE_INDEX))

@@ -238,6 +238,7 @@ def _ranks(model: dict[str, Any]) -> tuple[dict[bytes, int], np.ndarray | None]:
         seen.add(ab)
         raw = _token_bytes(ab)
         _require(raw is not None, f"its token {ab!r} is not byte-level")
+        assert raw is not None  # _require raised otherwise
         i = int(vocab[ab])
         if not (i > last and i > vocab[a] and i > vocab[b]):
             ids_are_ranks = False

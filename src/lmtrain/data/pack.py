@@ -95,6 +95,7 @@ class BlockDataset(Dataset):
         starts = self.block_indices[idx] * self.window
         rows = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64)
         if self.mlm:
+            assert self.cls_token_id is not None and self.sep_token_id is not None  # __init__ checked them
             ids = np.empty((len(idx), self.block_size), dtype=np.int64)
             ids[:, 0] = self.cls_token_id
             ids[:, 1:-1] = rows
@@ -194,7 +195,7 @@ def prepare_datasets(
             raise DataError(
                 f"the tokenizer has no {missing}, which masked-LM blocks need; use a tokenizer that defines one"
             )
-    opts = dict(text_column=text_column, encoding_errors=encoding_errors, overwrite=overwrite_cache)
+    opts: dict[str, Any] = dict(text_column=text_column, encoding_errors=encoding_errors, overwrite=overwrite_cache)
     train_cache = build_token_cache(_as_files(train_files), tokenizer, cache_dir, **opts)
     n_train = train_cache.num_tokens
     train_blocks = num_blocks(n_train, block_size, mlm)
@@ -203,7 +204,7 @@ def prepare_datasets(
             f"the training data has {n_train} tokens, fewer than one block of {block_size}; "
             f"use a smaller --block_size (at most {_max_block_for(n_train, 1, mlm)}) or more text"
         )
-    make = dict(block_size=block_size, mlm=mlm, cls_token_id=cls_id, sep_token_id=sep_id)
+    make: dict[str, Any] = dict(block_size=block_size, mlm=mlm, cls_token_id=cls_id, sep_token_id=sep_id)
     caches = [train_cache]
     eval_ds: BlockDataset | None = None
     if validation_files:

@@ -20,7 +20,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -279,8 +279,11 @@ def _write_cache(
     batch_limit = max(_BATCH_CHARS, 4 * (os.cpu_count() or 1) * _text.PIECE_CHARS)
     # Arrays straight from the fast encoder (uint32); lists converted piece by piece otherwise.
     fast = hasattr(encode, "encode_arrays")
+    fast_encoder: Any = encode  # a FastBPEEncoder when fast (best_encoder's return type names only its __call__)
     encode_arrays = (
-        encode.encode_arrays if fast else (lambda texts: [np.asarray(ids, dtype=np.int64) for ids in encode(texts)])
+        fast_encoder.encode_arrays
+        if fast
+        else (lambda texts: [np.asarray(ids, dtype=np.int64) for ids in encode(texts)])
     )
     eos = np.array([0 if eos_id is None else eos_id], dtype=np.uint32 if fast else np.int64)
 
@@ -336,12 +339,16 @@ def _write_cache(
 
     bar = _Progress(files, progress)
     read_before = 0  # input bytes of the files already done
+
+    def progress_from(base: int) -> Callable[[int], None]:
+        return lambda n: bar.to(base + n)
+
     try:
         with open(out / _TOKENS_FILE, "wb") as fh:
             for f in files:
                 size = os.stat(f).st_size
                 if can_split and is_text_file(f):  # one document, streamed in pieces
-                    add(iter_text_pieces(f, encoding_errors, on_read=lambda n, base=read_before: bar.to(base + n)))
+                    add(iter_text_pieces(f, encoding_errors, on_read=progress_from(read_before)))
                 else:
                     seen = 0
                     for doc in iter_documents([f], text_column=text_column, encoding_errors=encoding_errors):

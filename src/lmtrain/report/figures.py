@@ -99,7 +99,9 @@ class Plotter:
             for i, key in enumerate(eval_keys):
                 xs, ys = _series(run.evals, key, x, run)
                 if xs:
-                    name = _EVAL_LOSS_RE.match(key).group(1)
+                    match = _EVAL_LOSS_RE.match(key)
+                    assert match is not None  # _eval_loss_keys keeps only the keys it matches
+                    name = match.group(1)
                     ax.plot(
                         xs,
                         ys,

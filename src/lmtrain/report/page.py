@@ -111,7 +111,7 @@ def _table(
 
 def _metrics(run: Run) -> Dict[str, Any]:
     out = dict(run.results)
-    losses = [(r["step"], num(r.get("eval_loss"))) for r in run.evals if num(r.get("eval_loss")) is not None]
+    losses = [(r["step"], loss) for r in run.evals if (loss := num(r.get("eval_loss"))) is not None]
     if losses:
         step, best = min(losses, key=lambda t: t[1])
         out["best_eval_loss"] = best
@@ -187,7 +187,7 @@ def render_html(
     ]
 
     # runs
-    rows = [
+    rows: List[Tuple[str, List[Any]]] = [
         ("directory", [str(r.path.resolve()) for r in runs]),
         ("last step", [r.last_step for r in runs]),
         ("training records", [len(r.train) for r in runs]),

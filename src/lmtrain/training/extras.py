@@ -39,7 +39,8 @@ def activate_neftune(model: torch.nn.Module, alpha: Optional[float]) -> Any:
     """NEFTune: uniform noise of scale alpha/sqrt(length*width) on the input embeddings in training."""
     if not alpha:
         return None
-    embeddings = unwrap(model).get_input_embeddings()
+    inner: Any = unwrap(model)  # a transformers model (nn.Module's stubs type its methods as Tensor | Module)
+    embeddings = inner.get_input_embeddings()
 
     def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if module.training:

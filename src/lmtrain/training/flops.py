@@ -40,8 +40,9 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     model = unwrap(model)
     n = sum(p.numel() for p in model.parameters())
     config = getattr(model, "config", None)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hf: Any = model  # its transformers methods are looked up with hasattr (nn.Module's stubs: Tensor | Module)
+    emb = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
+    out = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     tied = emb is not None and out is not None and out.weight is emb.weight
     if emb is not None and not tied:
         n -= emb.weight.numel()

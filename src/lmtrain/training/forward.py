@@ -9,7 +9,7 @@ compute_loss) follows transformers' rules instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -21,8 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
 
-def loss_sum(trainer: "Trainer", model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, int, Any]:
+def loss_sum(
+    trainer: "Trainer", model: torch.nn.Module, inputs: Dict[str, Any]
+) -> Tuple[Optional[torch.Tensor], int, Any]:
     """(sum of token losses, label tokens or -1 when not counted here, outputs) for one batch.
+
+    The loss is None when the model returned none (a batch without labels).
 
     Language-model batches (labels shaped like input_ids), and any batch under label smoothing, get
     the loss from the logits, so it can be summed; other models compute their own mean loss, which
@@ -58,7 +62,7 @@ def compute_loss(
     model: torch.nn.Module,
     inputs: Dict[str, Any],
     return_outputs: bool = False,
-    num_items_in_batch: Optional[int] = None,
+    num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
 ):
     """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`).
 
@@ -81,9 +85,11 @@ def compute_loss(
         # transformers' default compute_loss gives a model that takes no loss kwargs its own batch mean
         # (and training_step divides it by the micro-batches): a subclass calling super() gets the same
         labels = inputs.get(trainer.label_names[0])
-        num_items_in_batch = (
-            items if items >= 0 else count_label_tokens(labels.cpu(), trainer.shift if labels.dim() > 1 else 0)
-        )
+        if items >= 0:
+            num_items_in_batch = items
+        else:
+            assert labels is not None  # items < 0: the loss was computed from the labels
+            num_items_in_batch = count_label_tokens(labels.cpu(), trainer.shift if labels.dim() > 1 else 0)
     if isinstance(num_items_in_batch, torch.Tensor):  # (under torchrun the count stays on the device)
         loss = loss_sum / num_items_in_batch.to(loss_sum.device).clamp(min=1)
     else:
@@ -92,7 +98,10 @@ def compute_loss(
 
 
 def training_step(
-    trainer: "Trainer", model: torch.nn.Module, inputs: Dict[str, Any], num_items_in_batch: Optional[int] = None
+    trainer: "Trainer",
+    model: torch.nn.Module,
+    inputs: Dict[str, Any],
+    num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Forward and backward of one micro-batch; returns its share of the step loss (detached)."""
     model.train()
@@ -103,6 +112,7 @@ def training_step(
         # transformers hands a custom loss a tensor (.item(), .to() work); a 0-d CPU one costs no sync
         num_items_in_batch = torch.tensor(num_items_in_batch)
     with trainer.rt.autocast():
+        # Trainer.compute_loss (trainer.py) is annotated Optional[int] but is given the tensor count too
         loss = trainer.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
     if custom:
         # transformers' rule: a loss not already normalised over the step is divided by the micro-batches

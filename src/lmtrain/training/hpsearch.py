@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 from ..errors import ConfigError
 
@@ -33,8 +33,8 @@ def default_hp_space(trial: Any) -> Dict[str, Any]:
     }
 
 
-def default_compute_objective(metrics: Dict[str, float]) -> float:
-    """The eval loss when it is the only metric; else the sum of the other (non-speed) metrics."""
+def default_compute_objective(metrics: Dict[str, float]) -> Optional[float]:
+    """The eval loss when it is the only metric; else the sum of the other (non-speed) metrics (None: neither)."""
     metrics = dict(metrics)
     loss = metrics.pop("eval_loss", None)
     metrics.pop("epoch", None)
@@ -100,7 +100,7 @@ def run_search(
     backend: Any,
     hp_name: Optional[Callable],
     **kwargs: Any,
-) -> BestRun:
+) -> Union[BestRun, List[BestRun]]:
     backend = getattr(backend, "value", backend) or "optuna"
     if backend != "optuna":
         raise ConfigError(f"hyperparameter_search backend {backend!r} is not supported by lmtrain; use optuna.")

@@ -49,7 +49,7 @@ def _chunk_loss(
     total = exp.sum(dim=1)
     lse = peak.squeeze(1) + total.log()
     loss = lse - picked
-    if eps:  # F.cross_entropy's label smoothing: eps spread evenly over the vocabulary
+    if mean is not None:  # eps: F.cross_entropy's label smoothing, eps spread evenly over the vocabulary
         loss = (1.0 - eps) * loss + eps * (lse - mean)
     loss_sum = torch.where(valid, loss, 0.0).sum()
     if not want_grad:
@@ -93,7 +93,7 @@ def _chunked(
     grad_h = torch.empty_like(hidden) if need[0] else None
     # the weight/bias gradients sum over chunks: accumulate in float32, round to the weight's dtype once
     grad_w = torch.zeros(weight.shape, dtype=math_dtype, device=weight.device) if need[1] else None
-    grad_b = torch.zeros(bias.shape, dtype=math_dtype, device=bias.device) if need[2] else None
+    grad_b = torch.zeros(bias.shape, dtype=math_dtype, device=bias.device) if bias is not None and need[2] else None
     for start in range(0, hidden.size(0), chunk):  # static shapes: compile unrolls this loop
         h, y = hidden[start : start + chunk], labels[start : start + chunk]
         part, grad = _chunk_loss(h, weight, bias, y, eps, ignore_index, any(need))
@@ -101,12 +101,12 @@ def _chunked(
         if grad is not None:
             gh = _backprop_chunk(grad, h, weight, grad_w, grad_b, need[0])
             del grad  # freed before the next chunk's logits exist: one vocabulary-wide buffer at a time
-            if gh is not None:
+            if gh is not None and grad_h is not None:  # gh is None unless need[0], and then grad_h is not
                 grad_h[start : start + chunk] = gh
     grads = (
         grad_h,
         None if grad_w is None else grad_w.to(weight.dtype),
-        None if grad_b is None else grad_b.to(bias.dtype),
+        None if grad_b is None or bias is None else grad_b.to(bias.dtype),
     )
     return loss.float(), grads
 
@@ -271,10 +271,13 @@ def _probe(inner: nn.Module, parent: nn.Module, name: str, head: nn.Module, tiny
 def _fused_head(model: nn.Module, inputs: Mapping[str, Any]) -> Optional[Tuple[nn.Module, nn.Module, str]]:
     """(head, its parent, attribute name) when the fused loss equals the model's own head + loss, else None."""
     inner = unwrap(model)
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    reason = _static_reason(model, inner, head)
+    hf: Any = inner  # nn.Module's stubs type its transformers methods as Tensor | Module
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    if _static_reason(model, inner, head) is not None:
+        return None
+    assert isinstance(head, nn.Linear)  # _static_reason checked that its type is exactly nn.Linear
     known = _VERDICTS.get(inner)
-    if reason is None and (known is None or known[0] is not head):
+    if known is None or known[0] is not head:
         where = next((n for n, m in inner.named_modules() if m is head), None)
         tiny = _tiny_batch(inputs)
         if where is None or tiny is None:
@@ -286,9 +289,7 @@ def _fused_head(model: nn.Module, inputs: Mapping[str, Any]) -> Optional[Tuple[n
         reason = known[3]
         if reason:
             warnings.warn(f"loss_chunk_size: {type(inner).__name__} uses its full logits: {reason}.", stacklevel=3)
-    elif reason is None:
-        reason = known[3]
-    return None if reason else known[:3]
+    return None if known[3] else known[:3]
 
 
 def fusion_status(model: nn.Module) -> str:

@@ -85,6 +85,7 @@ def train_step(
     for i, batch in enumerate(micro_batches):
         step_tokens += batch_tokens(batch)
         with trainer.rt.no_sync(model, last_micro_batch=i == last):
+            # Trainer.training_step (trainer.py) is annotated Optional[int]; under torchrun the count is a tensor
             loss = trainer.training_step(model, trainer._prepare_inputs(batch), num_items)
             step_loss += window.filtered(loss, step_loss) if window.nan_inf_filter else loss
         if i < last:
@@ -162,7 +163,7 @@ def optimizer_step(trainer: "Trainer", model: torch.nn.Module) -> Tuple[torch.Te
     if trainer.args.max_grad_norm and trainer.args.max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, trainer.args.max_grad_norm, foreach=True)
     elif params:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params]))
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
     else:
         norm = torch.zeros((), device=trainer.rt.device)
     skipped = torch.zeros((), dtype=torch.bool, device=trainer.rt.device)

@@ -16,7 +16,7 @@ import math
 import re
 from enum import Enum
 from functools import lru_cache
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -96,8 +96,8 @@ def _transformers_defaults() -> Dict[str, Any]:
     for f in dataclasses.fields(TrainingArguments):
         if f.default is not dataclasses.MISSING:
             out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 
@@ -113,6 +113,7 @@ class _TransformersArgsView:
         if mode is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             mode = "distributed" if distributed and torch.distributed.get_world_size() > 1 else "not_distributed"
+        self.parallel_mode: Union[ParallelMode, str]
         try:
             self.parallel_mode = ParallelMode(_value(mode))
         except ValueError:  # a mode transformers' handlers never test for
@@ -171,7 +172,9 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Optional[torch.nn.Module] = N
     if package is not None:
         raise ConfigError(f"optim={name!r} needs the {package} package: pip install {package}")
     try:
-        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(_TransformersArgsView(args, optim), model)
+        view: Any = _TransformersArgsView(args, optim)  # duck-types the transformers.TrainingArguments it expects
+        hf_model: Any = model  # typed PreTrainedModel there; lmtrain passes any nn.Module (or None)
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(view, hf_model)
     except (ImportError, ValueError, NotImplementedError) as e:
         # transformers' own message (a package version, optim_target_modules, ...), kept to one line
         message = " ".join(str(e).split())

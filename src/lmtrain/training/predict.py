@@ -82,6 +82,7 @@ def fast_eval_step(
     trainer: "Trainer", only_loss: bool, ignore_keys: List[str], model: torch.nn.Module, batch: Dict[str, Any]
 ) -> StepOutput:
     """lmtrain's own step: a token-weighted loss sum, logits as predictions."""
+    loss_sum: Optional[torch.Tensor]
     with trainer.rt.autocast():
         loss_sum, items, outputs = trainer._forward(model, batch)
     labels = batch.get(trainer.label_names[0])

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..runlog import RunLog
 from .callbacks import TrainerCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
 
 
 def _fmt(value: Any) -> str:
@@ -24,8 +28,8 @@ class ProgressCallback(TrainerCallback):
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr
-        self.bar = None
-        self.eval_bar = None
+        self.bar: Optional[tqdm] = None
+        self.eval_bar: Optional[tqdm] = None
 
     def _interactive(self, args) -> bool:
         return not args.disable_tqdm and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -103,7 +107,7 @@ class JsonlLoggerCallback(TrainerCallback):
     """Appends every logged record, as one JSON object a line, to output_dir/log.jsonl (lmtrain.runlog writes it)."""
 
     def __init__(self) -> None:
-        self.runlog = None
+        self.runlog: Optional[RunLog] = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -117,7 +121,7 @@ class TensorBoardCallback(TrainerCallback):
     """Writes scalar logs to args.logging_dir through torch's SummaryWriter."""
 
     def __init__(self) -> None:
-        self.writer = None
+        self.writer: Optional[SummaryWriter] = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.writer is None:
@@ -166,7 +170,7 @@ class SampleCallback(TrainerCallback):
 
     def __init__(self, tokenizer: Any, prompt: str, max_new_tokens: int = 40) -> None:
         self.tokenizer, self.prompt, self.max_new_tokens = tokenizer, prompt, max_new_tokens
-        self.last_step = None
+        self.last_step: Optional[int] = None
         """The step of the last sample printed (None before the first)."""
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):

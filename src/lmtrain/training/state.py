@@ -69,9 +69,9 @@ class TrainState:
     """Optimizer steps this run will take."""
     num_train_epochs: int = 0
     """Epochs this run will start."""
-    logging_steps: float = 500
+    logging_steps: Optional[float] = 500
     eval_steps: Optional[float] = None
-    save_steps: float = 500
+    save_steps: Optional[float] = 500
     train_batch_size: int = 0
     """Per-device micro-batch size."""
     total_flos: float = 0.0

@@ -25,7 +25,7 @@ class StepFeed:
     def epoch(self, loader: Any) -> Iterator[List[Dict[str, Any]]]:
         """The micro-batch groups of the state's current epoch, from its current position on."""
         state, ga = self.state, self.grad_accum
-        sampler = getattr(loader, "batch_sampler", None)
+        sampler: Any = getattr(loader, "batch_sampler", None)  # None (or without set_position): not resumable
         resumable = hasattr(sampler, "set_position")
         skip = state.batches_in_epoch
         if resumable:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -114,7 +114,7 @@ class Trainer:
             DefaultFlowCallback(),
             ProgressCallback(),
             JsonlLoggerCallback(),
-            *reporting_callbacks(self.args.report_to),
+            *reporting_callbacks(list(self.args.report_to or [])),  # (a list once the args are built)
         ]
         self.callback_handler = CallbackHandler(
             default_cbs + list(callbacks or []), self.model, self.processing_class, self.optimizer, self.lr_scheduler
@@ -137,12 +137,16 @@ class Trainer:
                 if args.gradient_checkpointing_kwargs
                 else {}
             )
-            self.model.gradient_checkpointing_enable(**kwargs)
+            getattr(self.model, "gradient_checkpointing_enable")(**kwargs)  # noqa: B009 (a transformers method)
         self.shift = label_shift(self.model)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.model_accepts_loss_kwargs = accepts_loss_kwargs(self.model)
 
     # ---- transformers-compatible small API ------------------------------------------------------
+
+    @property
+    def _output_dir(self) -> str:
+        return str(self.args.output_dir)  # (never None once the arguments are built)
 
     @property
     def tokenizer(self) -> Any:
@@ -165,8 +169,11 @@ class Trainer:
 
     def call_model_init(self, trial: Any = None) -> torch.nn.Module:
         """`model_init()` or `model_init(trial)`, as transformers calls it."""
-        takes_trial = len(inspect.signature(self.model_init).parameters) >= 1
-        model = self.model_init(trial) if takes_trial else self.model_init()
+        init = self.model_init
+        if init is None:
+            raise ConfigError("call_model_init needs a model_init: pass Trainer(model_init=...).")
+        takes_trial = len(inspect.signature(init).parameters) >= 1
+        model = init(trial) if takes_trial else init()
         if model is None:
             raise ConfigError("model_init returned None; it must return a model.")
         return model
@@ -191,7 +198,8 @@ class Trainer:
         (0 for a model without `num_parameters`)."""
         main_input = getattr(self.model, "main_input_name", "input_ids")
         if main_input in inputs and hasattr(self.model, "num_parameters"):
-            return 6 * inputs[main_input].numel() * self.model.num_parameters(exclude_embeddings=True)
+            count = getattr(self.model, "num_parameters")(exclude_embeddings=True)  # noqa: B009 (transformers')
+            return 6 * inputs[main_input].numel() * count
         return 0
 
     def store_flos(self) -> None:
@@ -230,7 +238,7 @@ class Trainer:
             collator,
             batch_size,
             shuffle=shuffle,
-            data_seed=args.data_seed,
+            data_seed=args.data_seed if args.data_seed is not None else args.seed,  # (set in __post_init__)
             drop_last=args.dataloader_drop_last and train,
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory and self.rt.device.type == "cuda",
@@ -294,7 +302,7 @@ class Trainer:
     def _custom_loss(self) -> bool:
         return self.compute_loss_func is not None or self._overrides("compute_loss")
 
-    def _forward(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, int, Any]:
+    def _forward(self, model: torch.nn.Module, inputs: Dict[str, Any]) -> Tuple[Optional[torch.Tensor], int, Any]:
         """(sum of token losses, label tokens or -1 when not counted here, outputs) for one batch."""
         return forward.loss_sum(self, model, inputs)
 
@@ -303,13 +311,16 @@ class Trainer:
         model: torch.nn.Module,
         inputs: Dict[str, Any],
         return_outputs: bool = False,
-        num_items_in_batch: Optional[int] = None,
+        num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
     ):
         """Loss of one micro-batch, divided by the label tokens of the whole step (`num_items_in_batch`)."""
         return forward.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(
-        self, model: torch.nn.Module, inputs: Dict[str, Any], num_items_in_batch: Optional[int] = None
+        self,
+        model: torch.nn.Module,
+        inputs: Dict[str, Any],
+        num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its share of the step loss (detached)."""
         return forward.training_step(self, model, inputs, num_items_in_batch)
@@ -393,13 +404,13 @@ class Trainer:
         """Save weights, config and tokenizer so `from_pretrained(output_dir)` loads them."""
         model_sd, _ = full_state_dicts(self.model, None, self.rt)  # FSDP: a collective, on every rank
         if self.rt.is_main:
-            save_model_dir(self.model, output_dir or self.args.output_dir, self.processing_class, self.args, model_sd)
+            save_model_dir(self.model, output_dir or self._output_dir, self.processing_class, self.args, model_sd)
         self.rt.barrier()  # every rank returns once the model is on disk
 
     def save_state(self) -> None:
         if self.rt.is_main:
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
+            os.makedirs(self._output_dir, exist_ok=True)
+            self.state.save_to_json(os.path.join(self._output_dir, "trainer_state.json"))
 
     def log_metrics(self, split: str, metrics: Dict[str, float]) -> None:
         if self.rt.is_main:
@@ -408,7 +419,7 @@ class Trainer:
     def save_metrics(self, split: str, metrics: Dict[str, float], combined: bool = True) -> None:
         """Write {split}_results.json (and merge into all_results.json), as transformers does."""
         if self.rt.is_main:
-            save_metrics(self.args.output_dir, split, metrics, combined)
+            save_metrics(self._output_dir, split, metrics, combined)
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> None:
         """lmtrain runs offline: nothing is pushed (start-up said so); the model stays in output_dir."""
@@ -421,5 +432,5 @@ class Trainer:
     def create_model_card(self, **kwargs: Any) -> None:
         if self.rt.is_main:
             write_model_card(
-                self.args.output_dir, self.state.log_history, self.state.global_step, self.state.epoch, **kwargs
+                self._output_dir, self.state.log_history, self.state.global_step, self.state.epoch, **kwargs
             )

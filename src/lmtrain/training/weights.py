@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 import torch
 
@@ -46,7 +46,8 @@ def save_model_files(
         hf_logging.disable_progress_bar()  # a bar per save is noise in the training log
         try:
             kwargs = {"state_dict": state_dict} if state_dict is not None else {}
-            model.save_pretrained(out_dir, safe_serialization=safe_serialization, **kwargs)
+            pretrained: Any = model  # a transformers (or peft) model; nn.Module's stubs: Tensor | Module
+            pretrained.save_pretrained(out_dir, safe_serialization=safe_serialization, **kwargs)
         finally:
             if was_enabled:
                 hf_logging.enable_progress_bar()
@@ -157,4 +158,5 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str) -> None:
             f"{list(unexpected)[:3]}); resume with the same model configuration."
         )
     if hasattr(model, "tie_weights"):
-        model.tie_weights()
+        pretrained: Any = model  # a transformers model; nn.Module's stubs type unknown attributes Tensor | Module
+        pretrained.tie_weights()

@@ -43,6 +43,7 @@ def _column_value(path: Path, where: str, record: object, column: str) -> str | 
 def iter_json(path: Path, raw: IO[bytes], base: str, column: str, errors: str) -> Iterator[str]:
     """The texts of a ``.jsonl`` (``base``) or ``.json`` file."""
     stream = _text_stream(raw, errors)
+    lines: Iterator[str] = stream
     if base == ".json":
         # A .json file is either one JSON array of objects or JSON lines.
         first = ""
@@ -65,8 +66,8 @@ def iter_json(path: Path, raw: IO[bytes], base: str, column: str, errors: str) -
                 if value:
                     yield value
             return
-        stream = _prefixed(first, stream)
-    for lineno, line in enumerate(stream, start=1):
+        lines = _prefixed(first, stream)
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

@@ -15,7 +15,7 @@ import re
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional, cast
 
 from lmtrain.data.readers.files import check_readable, is_text_file
 from lmtrain.errors import ConfigError, DataError
@@ -72,7 +72,10 @@ def check_gzip_name(path: Path, compressed: bool) -> None:
 def open_bytes(path: Path, compressed: bool) -> IO[bytes]:
     """``path`` opened for reading (decompressed bytes), after :func:`check_gzip_name`."""
     check_gzip_name(path, compressed)
-    return gzip.open(path, "rb") if compressed else open(path, "rb")
+    if compressed:
+        # a GzipFile is a binary file object, but typeshed does not declare it an IO[bytes]
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
 
 
 @contextmanager

@@ -78,8 +78,9 @@ def remove_incomplete(output_dir: str) -> List[str]:
     for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
         tmp, old = _TMP_RE.match(name), _OLD_RE.match(name)
-        if (tmp or old) and os.path.isdir(path):
-            final = os.path.join(output_dir, old.group(1) if old else f"{PREFIX}-{tmp.group(1)}")
+        match = old or tmp
+        if match and os.path.isdir(path):
+            final = os.path.join(output_dir, match.group(1) if old else f"{PREFIX}-{match.group(1)}")
             if not os.path.exists(final) and os.path.isfile(os.path.join(path, MARKER)):
                 os.replace(path, final)  # the only whole copy of this step: keep it
                 continue
