@@ -27,7 +27,8 @@ SMALL_CONFIGS: Dict[str, Dict[str, Any]] = {
 _POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
 
 
-def _local_dir(path: str, what: str) -> str:
+def local_dir(path: str, what: str) -> str:
+    """`path` when it is a folder; else one line naming `what` it should be (model, tokenizer, config)."""
     if not os.path.isdir(path):
         raise ConfigError(
             f"{what} {path!r} is not a local directory; lmtrain works offline, so pass a folder saved with "
@@ -57,7 +58,7 @@ def parse_overrides(text: Optional[str]) -> Dict[str, Any]:
 def load_tokenizer(name_or_path: str, use_fast: bool = True, revision: str = "main") -> Any:
     from transformers import AutoTokenizer
 
-    _local_dir(name_or_path, "tokenizer")
+    local_dir(name_or_path, "tokenizer")
     return AutoTokenizer.from_pretrained(name_or_path, use_fast=use_fast, revision=revision)
 
 
@@ -68,7 +69,7 @@ def build_config(
     from transformers import CONFIG_MAPPING, AutoConfig
 
     if config_name:
-        config = AutoConfig.from_pretrained(_local_dir(config_name, "config"))
+        config = AutoConfig.from_pretrained(local_dir(config_name, "config"))
     else:
         if model_type not in CONFIG_MAPPING:
             close = [t for t in CONFIG_MAPPING.keys() if t.startswith(model_type[:3])][:5]
@@ -118,7 +119,7 @@ def build_model(
                 "--config_overrides only applies when training from scratch; drop it or drop --model_name_or_path."
             )
         try:
-            model = auto.from_pretrained(_local_dir(model_name_or_path, "model"), revision=revision)
+            model = auto.from_pretrained(local_dir(model_name_or_path, "model"), revision=revision)
         except ValueError as e:
             kind = "masked" if mlm else "causal"
             raise ConfigError(

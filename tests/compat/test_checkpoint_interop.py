@@ -31,37 +31,27 @@ def blocks(n: int = 16, length: int = 16, vocab: int = 64, seed: int = 0):
     return rows
 
 
+# the same run for both trainers
+RUN = dict(
+    report_to="none",
+    use_cpu=True,
+    save_steps=2,
+    max_steps=4,
+    per_device_train_batch_size=2,
+    logging_steps=1,
+    learning_rate=5e-3,
+    disable_tqdm=True,
+    seed=1,
+)
+
+
 def hf_args(out, **kw):
-    base = dict(
-        output_dir=str(out),
-        report_to="none",
-        use_cpu=True,
-        save_steps=2,
-        max_steps=4,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        learning_rate=5e-3,
-        disable_tqdm=True,
-        seed=1,
-    )
-    base.update(kw)
+    base = dict(RUN, output_dir=str(out), **kw)
     return transformers.TrainingArguments(**base)
 
 
 def lm_args(out, **kw):
-    base = dict(
-        output_dir=str(out),
-        report_to="none",
-        use_cpu=True,
-        save_steps=2,
-        max_steps=4,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        learning_rate=5e-3,
-        disable_tqdm=True,
-        seed=1,
-    )
-    base.update(kw)
+    base = dict(RUN, output_dir=str(out), **kw)
     return TrainingArguments(**base)
 
 

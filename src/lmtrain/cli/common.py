@@ -72,9 +72,9 @@ def check_output_dir(path: str) -> None:
 def check_model_dir(path: Optional[str]) -> None:
     """A --model_name_or_path / --model that is not a local folder: one line naming the model (not its tokenizer)."""
     if path:
-        from ..models import _local_dir
+        from ..models import local_dir
 
-        _local_dir(path, "model")
+        local_dir(path, "model")
 
 
 @contextlib.contextmanager
