@@ -20,9 +20,15 @@ one .txt file: ``x10`` (the 47 MB comparison) and, for the scaling table, files 
 exactly --sizes MB (cut at a line end). The recipe runs in the scaling table only up
 to --recipe_max_mb (default 50): at 500 MB it would take many minutes and GBs.
 
+The input-formats table writes the comparison corpus again as documents of 100 lines
+(bench/_formats.py): one .jsonl, the same .jsonl compressed as .jsonl.zst, and parquet
+shards (--shards files of --row_groups row groups each), and times lmtrain's cold
+preparation of each next to the one .txt (the variants interleaved within each repeat).
+
     python bench/prep.py                              # comparison (3 repeats) + scaling 5,50,500 MB
     python bench/prep.py --sizes 5,50 --repeats 1     # quicker
     python bench/prep.py --skip_scaling --json out.json
+    python bench/prep.py --times 1 --repeats 1 --skip_compare --skip_scaling   # input formats only, small
 """
 
 from __future__ import annotations
@@ -58,13 +64,18 @@ def parse_args(argv=None):
     p.add_argument("--block_size", type=int, default=128)
     p.add_argument("--skip_compare", action="store_true")
     p.add_argument("--skip_scaling", action="store_true")
+    p.add_argument("--skip_formats", action="store_true", help="skip the input-formats table")
+    p.add_argument("--shards", type=int, default=4, help="parquet shards in the input-formats table")
+    p.add_argument("--row_groups", type=int, default=4, help="row groups per parquet shard")
     p.add_argument("--no_fast_bpe", action="store_true", help="lmtrain without the tiktoken fast path")
     p.add_argument("--workdir", default=None, help="keep corpora/tokenizer/caches here (default: a temp dir, removed)")
     p.add_argument("--json", default=None, help="write all runs and medians here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child")
     p.add_argument("--verbose", action="store_true", help="show the children's output")
     # child mode (internal)
-    p.add_argument("--child", choices=MODES + ("train_tokenizer",), default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child", choices=MODES + ("train_tokenizer", "write_formats"), default=None, help=argparse.SUPPRESS
+    )
     p.add_argument("--file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -103,6 +114,12 @@ def child_train_tokenizer(args) -> None:
     _report(seconds=time.perf_counter() - t)
 
 
+def child_write_formats(args) -> None:
+    from _formats import write_formats  # bench/ is on sys.path when the script runs
+
+    _report(**write_formats(args.file, args.cache, args.shards, args.row_groups))
+
+
 def child_recipe(args) -> None:
     import datasets
     from datasets import load_dataset
@@ -134,13 +151,14 @@ def child_lmtrain(args) -> None:
     from transformers import AutoTokenizer
 
     from lmtrain.data.pack import prepare_datasets
+    from lmtrain.data.readers import resolve_files
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     rss0 = _peak_rss()
     cpu = _cpu()
     t = time.perf_counter()
     train, evals, info = prepare_datasets(
-        [args.file], tokenizer, args.block_size, cache_dir=args.cache, validation_split_percentage=5
+        resolve_files([args.file]), tokenizer, args.block_size, cache_dir=args.cache, validation_split_percentage=5
     )
     seconds = time.perf_counter() - t
     meta = json.loads(open(os.path.join(info["cache_dirs"][0], "meta.json")).read())
@@ -257,6 +275,25 @@ def measure(args, modes, file, tokenizer, tmp, repeats, warm: dict | None = None
     return out
 
 
+def measure_inputs(args, inputs: dict, tokenizer, tmp, repeats) -> dict:
+    """Cold lmtrain runs on each of ``inputs`` (name: path), interleaved within each repeat as in ``measure``."""
+    runs: dict = {name: [] for name in inputs}
+    for r in range(repeats):
+        for name, path in inputs.items():
+            cache = tempfile.mkdtemp(prefix="inputs-cache-", dir=tmp)
+            c = run_child(args, "lmtrain", file=path, tokenizer=tokenizer, cache=cache)
+            shutil.rmtree(cache, ignore_errors=True)
+            runs[name].append(c)
+            print(
+                f"  {name:10s} run {r + 1}/{repeats}: cold {c['seconds']:.2f}s (cpu {c['cpu']:.1f}s) "
+                f"{c['peak_rss'] / 2**20:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    keys = ("seconds", "cpu", "peak_rss", "rss_before")
+    return {name: {**{k: statistics.median(r[k] for r in rs) for k in keys}, "runs": rs} for name, rs in runs.items()}
+
+
 def mib(b: float) -> str:
     return f"{b / 2**20:.0f}"
 
@@ -273,6 +310,8 @@ def main(argv=None) -> None:
         return child_recipe(args)
     if args.child == "lmtrain":
         return child_lmtrain(args)
+    if args.child == "write_formats":
+        return child_write_formats(args)
 
     tmp = args.workdir or tempfile.mkdtemp(prefix="lmtrain-prep-bench-")
     os.makedirs(tmp, exist_ok=True)
@@ -318,6 +357,37 @@ def main(argv=None) -> None:
                 f"{lc['runs'][0].get('blocks'):,}).",
                 "",
             ]
+        if not args.skip_formats:
+            file = os.path.join(tmp, f"x{args.times}", "train.txt")
+            size = (
+                os.path.getsize(file) if os.path.isfile(file) else build_corpus(args.train_file, file, times=args.times)
+            )
+            out = os.path.join(tmp, f"x{args.times}-formats")
+            w = run_child(args, "write_formats", file=file, cache=out, shards=args.shards, row_groups=args.row_groups)
+            inputs = {"txt": file, **w["paths"]}
+            got = measure_inputs(args, inputs, tok_dir, tmp, args.repeats)
+            results["formats"] = {"bytes": size, "written": w, "lmtrain_cold": got}
+            labels = {
+                "txt": "one .txt (a single document)",
+                "jsonl": ".jsonl",
+                "jsonl.zst": ".jsonl.zst",
+                "parquet": f"parquet, {args.shards} shards x {args.row_groups} row groups",
+            }
+            base = got["txt"]
+            lines += [
+                f"### Input formats: the same {size / MB:.1f} MB as {w['documents']:,} documents of 100 lines; "
+                f"lmtrain cold, median of {args.repeats}",
+                "",
+                "| input | on disk (MB) | cold (s) | CPU (s) | text MB/s | peak RSS (MiB) | time vs .txt | tokens |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name, m in got.items():
+                lines.append(
+                    f"| {labels[name]} | {w['sizes'][name] / MB:.1f} | {secs(m['seconds'])} | {secs(m['cpu'])} "
+                    f"| {size / MB / m['seconds']:.1f} | {mib(m['peak_rss'])} | {m['seconds'] / base['seconds']:.2f} "
+                    f"| {m['runs'][0].get('tokens'):,} |"
+                )
+            lines.append("")
         if not args.skip_scaling:
             sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
             rows = []

@@ -272,7 +272,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
+    yield from open_env(tmp_path_factory.mktemp("resume"))
+
+
+def open_env(root: Path):
+    """The shared setup in `root` (a generator: the fork server stops after its one yield)."""
     sys.path.insert(0, str(SRC))
     from lmtrain.data.bpe import train_bpe_tokenizer
 

@@ -53,13 +53,23 @@ class DataArguments:
     """Which text to train on and how to cut it."""
 
     train_file: Optional[List[str]] = None
-    """Training text: .txt (a file is a document), .jsonl/.json, .csv, .gz of those, directories or globs."""
+    """Training text: .txt (a file is a document), .jsonl/.json, .csv, each also as .gz/.zst/.bz2/.xz, .parquet;
+    files, directories or globs of shards. Entries path:weight (web/:0.7 'books/*.txt:0.3') mix those sources
+    by weight, one token cache and one logged token count (tokens_<path>) each."""
+    mix_exhausted: str = "repeat"
+    """With weighted --train_file sources, what a source that runs out does: repeat (it starts over in a new
+    order; the epoch is as long as all sources together) or end (the epoch ends when the first source runs out)."""
     validation_file: Optional[List[str]] = None
     """Validation text (default: a split of the training data)."""
     text_column: str = "text"
     """Column holding the text in .jsonl/.json/.csv files."""
     block_size: int = 128
     """Tokens per training sequence."""
+    packing: str = "concat"
+    """How blocks are cut: concat (the documents one after another, each ended by EOS, cut into consecutive
+    blocks; the remainder is dropped) or bos_aligned (every block starts at a document start, with BOS: documents
+    are packed best-fit and, when none fits the space left, one is cropped, so nothing is padded and documents
+    longer than a block lose their tail). The tokens dropped and padded are reported."""
     validation_split_percentage: float = 5.0
     """Percent of training blocks held out for validation when no validation_file is given."""
     cache_dir: Optional[str] = None
@@ -68,6 +78,11 @@ class DataArguments:
     """Tokenize again even when a cache exists."""
     encoding_errors: str = "strict"
     """What to do with bytes that are not UTF-8: strict (stop with the file and offset) or replace."""
+    streaming: bool = False
+    """Tokenize while training instead of first: documents are read, encoded and packed in the data-loader
+    workers (training starts in seconds on any corpus size), the token cache is written on the way so the
+    next run starts warm, and a checkpoint stores each reader's place so --resume replays nothing. Needs
+    --max_steps. Resume with the same --dataloader_num_workers and number of ranks."""
     resume: bool = False
     """Resume from the latest complete checkpoint in output_dir."""
     config: Optional[str] = None

@@ -18,6 +18,7 @@ import shlex
 import shutil
 from typing import Any, Dict, List, Sequence
 
+from ..errors import ConfigError
 from ..recipe_args import CLI_TRAINING_DEFAULTS, DataArguments, ModelArguments
 from .common import check_model_dir, check_output_dir, default_output_dir, parse, say, tokenizer_for
 
@@ -60,14 +61,21 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Any)
 
 def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any) -> int:
     from ..data.collators import DataCollatorForLanguageModeling, default_data_collator
+    from ..data.mixture import check_exhausted, describe_mixture, parse_sources, prepare_mixture
     from ..data.pack import prepare_datasets
+    from ..data.packing import check_packing, describe_packing
     from ..data.readers import resolve_files, sample_corpus_files
     from ..models import build_model, max_positions
     from ..training.trainer import Trainer
 
     check_model_dir(model_args.model_name_or_path)  # before its tokenizer, whose error would name the tokenizer
+    check_packing(data_args.packing)  # before tokenizing
     sample_run = not data_args.train_file
-    if data_args.train_file:
+    sources = parse_sources(data_args.train_file) if data_args.train_file else None  # path:weight entries
+    if sources:
+        check_exhausted(data_args.mix_exhausted)  # before tokenizing
+        train_files = [f for source in sources for f in resolve_files([source.path])]
+    elif data_args.train_file:
         train_files = resolve_files(data_args.train_file)
     else:
         say(SAMPLE_NOTE)
@@ -96,10 +104,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
             model_args.lora_target_modules,
             model_args.mlm,
         )
-    train_ds, eval_ds, info = prepare_datasets(
-        train_files,
-        tokenizer,
-        data_args.block_size,
+    train_ds: Any
+    data_opts: Dict[str, Any] = dict(
         validation_files=validation_files,
         mlm=model_args.mlm,
         validation_split_percentage=data_args.validation_split_percentage,
@@ -109,11 +115,45 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         overwrite_cache=data_args.overwrite_cache,
         seed=train_args.seed,
         max_positions=max_positions(model),
+        packing=data_args.packing,
     )
-    say(
-        f"data: {info['train_tokens']:,} training tokens in {info['train_blocks']:,} blocks of "
-        f"{data_args.block_size}" + (f"; {info['eval_blocks']:,} validation blocks" if eval_ds is not None else "")
-    )
+    streaming = data_args.streaming and not _warm_cache(data_args, sources, train_files, tokenizer)
+    if streaming:  # tokenized while training: the first step comes in seconds
+        if train_args.max_steps <= 0:
+            raise ConfigError("--streaming needs --max_steps N (a stream has no length to make epochs of)")
+        from ..data.streaming import describe_streaming, prepare_streaming
+
+        train_ds, eval_ds, info = prepare_streaming(
+            [resolve_files([s.path]) for s in sources] if sources else [train_files],
+            tokenizer,
+            data_args.block_size,
+            weights=[s.weight for s in sources] if sources else None,
+            names=[s.name for s in sources] if sources else None,
+            validation_files=validation_files,
+            mlm=model_args.mlm,
+            cache_dir=data_args.cache_dir,
+            text_column=data_args.text_column,
+            encoding_errors=data_args.encoding_errors,
+            seed=train_args.data_seed if train_args.data_seed is not None else train_args.seed,
+            max_positions=max_positions(model),
+            packing=data_args.packing,
+            overwrite_cache=data_args.overwrite_cache,
+        )
+        say(describe_streaming(info, data_args.block_size))
+    elif sources:  # one token cache per source, mixed by weight
+        data_seed = train_args.data_seed if train_args.data_seed is not None else train_args.seed
+        train_ds, eval_ds, info = prepare_mixture(
+            sources, tokenizer, data_args.block_size, mix_seed=data_seed, exhausted=data_args.mix_exhausted, **data_opts
+        )
+        say(describe_mixture(train_ds, info, data_args.block_size))
+    else:
+        train_ds, eval_ds, info = prepare_datasets(train_files, tokenizer, data_args.block_size, **data_opts)
+        say(
+            f"data: {info['train_tokens']:,} training tokens in {info['train_blocks']:,} blocks of "
+            f"{data_args.block_size}"
+            + (f"; {info['eval_blocks']:,} validation blocks" if eval_ds is not None else "")
+            + f"; {describe_packing(info)}"
+        )
     if train_args.dataloader_num_workers > 0:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # tokenizing is done; forked workers must not use threads
     if eval_ds is None and train_args.eval_strategy != "no":
@@ -140,6 +180,11 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         callbacks=callbacks,
     )
     trainer.refuse_existing_checkpoints = True  # a CLI run never silently mixes with an earlier one
+    if sources:  # tokens_<source> in every log record
+        from ..training.sources import SourceTokensCallback, StreamTokensCallback
+
+        counter = StreamTokensCallback if streaming else SourceTokensCallback
+        counter(train_ds).attach(trainer)
     result = trainer.train(resume_from_checkpoint=True if data_args.resume else None)
     if trainer.interrupted:
         return 0  # stopped by SIGTERM/SIGINT after saving a checkpoint; the message said how to resume
@@ -165,6 +210,21 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
             (sampler or SampleCallback(tokenizer, SAMPLE_PROMPT)).show(trainer.model, step, train_args.seed)
         say(next_steps(train_args.output_dir, model_args, sample_run))
     return 0
+
+
+def _warm_cache(data_args: DataArguments, sources: Any, train_files: List[Any], tokenizer: Any) -> bool:
+    """--streaming over files whose token caches are complete reads the caches (said in one line), unless it
+    resumes a streamed run: its checkpoint holds stream positions."""
+    if data_args.resume or data_args.overwrite_cache:
+        return False
+    from ..data.readers import resolve_files
+    from ..data.streaming import cached_already
+
+    lists = [resolve_files([s.path]) for s in sources] if sources else [train_files]
+    if not cached_already(lists, tokenizer, data_args.cache_dir, data_args.text_column, data_args.encoding_errors):
+        return False
+    say("--streaming: the token cache of these files is complete, so training reads it instead")
+    return True
 
 
 def next_steps(output_dir: str, model_args: ModelArguments, sample_run: bool = False) -> str:

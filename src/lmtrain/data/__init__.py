@@ -24,6 +24,7 @@ _EXPORTS = {
     "bpe": ["train_bpe_tokenizer"],
     "token_cache": ["PIPELINE_VERSION", "TokenCache", "build_token_cache", "default_cache_root"],
     "pack": ["BlockDataset", "num_blocks", "split_blocks", "prepare_datasets"],
+    "mixture": ["MixSchedule", "MixtureDataset", "parse_sources", "prepare_mixture"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 

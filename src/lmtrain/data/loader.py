@@ -223,6 +223,19 @@ def make_loader(
             extra["multiprocessing_context"] = multiprocessing_context
     # A private generator: creating an iterator must not consume the global RNG (exact resume).
     generator = torch.Generator().manual_seed(data_seed)
+    stream_loader = getattr(dataset, "stream_loader", None)
+    if stream_loader is not None:  # a StreamingDataset: whole batches that carry their stream position
+        return stream_loader(
+            collator,
+            batch_size,
+            data_seed=data_seed,
+            num_workers=num_workers,
+            rank=rank,
+            world_size=world_size,
+            pin_memory=pin_memory,
+            generator=generator,
+            **extra,
+        )
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         return DataLoader(
             dataset,

@@ -14,6 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lmtrain.data.packing import (
+    PackedRowDataset,
+    PackedRows,
+    bos_aligned_rows,
+    check_packing,
+    concat_stats,
+    model_items,
+)
 from lmtrain.data.readers import resolve_files
 from lmtrain.data.token_cache import build_token_cache
 from lmtrain.errors import ConfigError, DataError
@@ -94,18 +102,7 @@ class BlockDataset(Dataset):
             raise IndexError(f"index out of range for {n} blocks")
         starts = self.block_indices[idx] * self.window
         rows = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64)
-        if self.mlm:
-            assert self.cls_token_id is not None and self.sep_token_id is not None  # __init__ checked them
-            ids = np.empty((len(idx), self.block_size), dtype=np.int64)
-            ids[:, 0] = self.cls_token_id
-            ids[:, 1:-1] = rows
-            ids[:, -1] = self.sep_token_id
-            input_ids = torch.from_numpy(ids)
-            mask = torch.ones_like(input_ids)
-            return [{"input_ids": input_ids[k], "attention_mask": mask[k]} for k in range(len(idx))]
-        input_ids = torch.from_numpy(rows)
-        labels = input_ids.clone()  # separate storage: collators may edit labels in place
-        return [{"input_ids": input_ids[k], "labels": labels[k]} for k in range(len(idx))]
+        return model_items(rows, self.mlm, self.cls_token_id, self.sep_token_id)
 
     # Pickling (DataLoader workers): re-open a memory map by path instead of
     # copying the corpus into every worker.
@@ -173,8 +170,15 @@ def prepare_datasets(
     overwrite_cache: bool = False,
     seed: int = 42,
     max_positions: int | None = None,
-) -> tuple[BlockDataset, BlockDataset | None, dict[str, Any]]:
-    """Files -> cached token ids -> train and (optional) validation block datasets."""
+    packing: str = "concat",
+) -> tuple[BlockDataset | PackedRowDataset, BlockDataset | PackedRowDataset | None, dict[str, Any]]:
+    """Files -> cached token ids -> train and (optional) validation block datasets.
+
+    ``packing`` is ``concat`` (consecutive blocks of the stream) or ``bos_aligned`` (every block starts at
+    a document start; see :mod:`lmtrain.data.packing`); ``info`` counts the training data's tokens
+    dropped or padded by it.
+    """
+    check_packing(packing)
     block_size = int(block_size)
     if block_size < (3 if mlm else 1):
         raise ConfigError(f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more")
@@ -198,40 +202,55 @@ def prepare_datasets(
     opts: dict[str, Any] = dict(text_column=text_column, encoding_errors=encoding_errors, overwrite=overwrite_cache)
     train_cache = build_token_cache(_as_files(train_files), tokenizer, cache_dir, **opts)
     n_train = train_cache.num_tokens
-    train_blocks = num_blocks(n_train, block_size, mlm)
+    window = _window(block_size, mlm)
+    bos_id = None if mlm else _first_id(tokenizer, "bos_token_id", "eos_token_id", "sep_token_id")
+    eos_id = _first_id(tokenizer, "eos_token_id", "sep_token_id")  # the cache's separator
+
+    def rows_of(cache: Any) -> PackedRows | None:
+        return bos_aligned_rows(cache.doc_offsets, window, bos_id, eos_id) if packing == "bos_aligned" else None
+
+    train_rows = rows_of(train_cache)
+    train_blocks = num_blocks(n_train, block_size, mlm) if train_rows is None else train_rows.num_rows
     if train_blocks < 1:
         raise DataError(
             f"the training data has {n_train} tokens, fewer than one block of {block_size}; "
             f"use a smaller --block_size (at most {_max_block_for(n_train, 1, mlm)}) or more text"
         )
     make: dict[str, Any] = dict(block_size=block_size, mlm=mlm, cls_token_id=cls_id, sep_token_id=sep_id)
+
+    def dataset(cache: Any, rows: PackedRows | None, **kw: Any) -> BlockDataset | PackedRowDataset:
+        if rows is None:
+            return BlockDataset(cache.tokens, bytes_per_token=cache.bytes_per_token, **make, **kw)
+        return PackedRowDataset(cache.tokens, rows, bytes_per_token=cache.bytes_per_token, **make, **kw)
+
     caches = [train_cache]
-    eval_ds: BlockDataset | None = None
+    eval_ds: BlockDataset | PackedRowDataset | None = None
     if validation_files:
         eval_cache = build_token_cache(_as_files(validation_files), tokenizer, cache_dir, **opts)
         caches.append(eval_cache)
         n_eval = eval_cache.num_tokens
-        if num_blocks(n_eval, block_size, mlm) < 1:
+        eval_rows = rows_of(eval_cache)
+        if (num_blocks(n_eval, block_size, mlm) if eval_rows is None else eval_rows.num_rows) < 1:
             raise DataError(
                 f"the validation data has {n_eval} tokens, fewer than one block of {block_size}; "
                 f"use a smaller --block_size (at most {_max_block_for(n_eval, 1, mlm)}) "
                 "or more validation text"
             )
-        train_ds = BlockDataset(train_cache.tokens, bytes_per_token=train_cache.bytes_per_token, **make)
-        eval_ds = BlockDataset(eval_cache.tokens, bytes_per_token=eval_cache.bytes_per_token, **make)
+        train_ds = dataset(train_cache, train_rows)
+        eval_ds = dataset(eval_cache, eval_rows)
     elif validation_split_percentage > 0:
         if train_blocks < 2:
             raise DataError(
                 f"the training data has {n_train} tokens, only one block of {block_size}, too few "
                 "to hold out a validation split; use a smaller --block_size (at most "
                 f"{_max_block_for(n_train, 2, mlm)}), more text, or --validation_split_percentage 0"
+                + ("" if train_rows is None else " (or --packing concat, which crops no documents)")
             )
         train_idx, eval_idx = split_blocks(train_blocks, validation_split_percentage, seed)
-        bpt = train_cache.bytes_per_token
-        train_ds = BlockDataset(train_cache.tokens, block_indices=train_idx, bytes_per_token=bpt, **make)
-        eval_ds = BlockDataset(train_cache.tokens, block_indices=eval_idx, bytes_per_token=bpt, **make)
+        train_ds = dataset(train_cache, train_rows, block_indices=train_idx)
+        eval_ds = dataset(train_cache, train_rows, block_indices=eval_idx)
     else:
-        train_ds = BlockDataset(train_cache.tokens, bytes_per_token=train_cache.bytes_per_token, **make)
+        train_ds = dataset(train_cache, train_rows)
 
     info: dict[str, Any] = {
         "train_tokens": train_ds.num_tokens,
@@ -243,6 +262,8 @@ def prepare_datasets(
         # bits-per-byte is reported on the evaluation data, so prefer its ratio
         "bytes_per_token": (eval_ds or train_ds).bytes_per_token,
         "corpus_tokens": n_train,
+        # packing, tokens_dropped, tokens_padded (and packing_input_tokens, documents_cropped) of the training data
+        **(concat_stats(n_train, window) if train_rows is None else train_rows.stats).info(),
     }
     return train_ds, eval_ds, info
 

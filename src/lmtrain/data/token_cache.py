@@ -42,7 +42,11 @@ __all__ = [
     "PIPELINE_VERSION",
     "TokenCache",
     "build_token_cache",
+    "cache_fingerprint",
+    "cache_root",
     "default_cache_root",
+    "token_dtype",
+    "write_meta",
 ]
 
 # Bump when the on-disk format or tokenization logic changes: old caches are then ignored.
@@ -129,6 +133,34 @@ def _fingerprint(files: Sequence[Path], tokenizer: Any, **options: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The directory caches are kept in: ``cache_dir``, else :func:`default_cache_root`."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+
+
+def cache_fingerprint(
+    files: Sequence[Path],
+    tokenizer: Any,
+    text_column: str = "text",
+    encoding_errors: str = "strict",
+    append_eos: bool = True,
+) -> str:
+    """The fingerprint ``build_token_cache`` names the cache of these inputs by (``tokens-<fingerprint>``)."""
+    return _fingerprint(
+        files,
+        tokenizer,
+        text_column=text_column,
+        encoding_errors=encoding_errors,
+        append_eos=append_eos,
+        eos_id=_separator_id(tokenizer) if append_eos else None,
+    )
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The dtype of a cache's ids: uint16 when the vocabulary fits, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
 def _separator_id(tokenizer: Any) -> int:
     for name in ("eos_token_id", "sep_token_id"):
         value = getattr(tokenizer, name, None)
@@ -166,15 +198,8 @@ def build_token_cache(
             raise DataError(f"no such file or directory: {f}; check the path")
     vocab_size = len(tokenizer)
     eos_id = _separator_id(tokenizer) if append_eos else None
-    fp = _fingerprint(
-        files,
-        tokenizer,
-        text_column=text_column,
-        encoding_errors=encoding_errors,
-        append_eos=append_eos,
-        eos_id=eos_id,
-    )
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    fp = cache_fingerprint(files, tokenizer, text_column, encoding_errors, append_eos)
+    root = cache_root(cache_dir)
     final = root / f"tokens-{fp}"
     if final.is_dir() and not overwrite:
         try:
@@ -267,7 +292,7 @@ def _write_cache(
     fingerprint: str,
     progress: bool | None = None,
 ) -> None:
-    dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+    dtype = token_dtype(vocab_size)
     encode = best_encoder(tokenizer)
     can_split = splitting_is_exact(encode, tokenizer)
     offsets = array("q", [0])
@@ -369,6 +394,21 @@ def _write_cache(
     if num_tokens == 0:
         raise DataError(f"the input files ({', '.join(map(str, files))}) produced no tokens; add text to them")
     np.save(out / _OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    write_meta(out, num_tokens, num_documents, num_bytes, dtype, vocab_size, fingerprint, files, encoder_name(encode))
+
+
+def write_meta(
+    out: Path,
+    num_tokens: int,
+    num_documents: int,
+    num_bytes: int,
+    dtype: np.dtype,
+    vocab_size: int,
+    fingerprint: str,
+    files: Sequence[Path],
+    encoder: str,
+) -> None:
+    """Write ``meta.json``, last: its presence marks the directory complete."""
     meta = {
         "num_tokens": num_tokens,
         "num_documents": num_documents,
@@ -378,8 +418,7 @@ def _write_cache(
         "fingerprint": fingerprint,
         "pipeline_version": PIPELINE_VERSION,
         "files": [str(Path(f).resolve()) for f in files],
-        "encoder": encoder_name(encode),  # informational: both encoders give the same ids
+        "encoder": encoder,  # informational: both encoders give the same ids
         "complete": True,
     }
-    # meta.json is written last: its presence marks the directory complete.
     (out / _META_FILE).write_text(json.dumps(meta, indent=1))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional
 
 import torch
 
+from ..data.streaming import stream_of
 from ..distributed import full_state_dicts, load_full_state_dicts, shard_model, wrap_model
 from ..errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
@@ -69,6 +70,7 @@ def train(
     trainer._gradient_accumulation_steps = args.gradient_accumulation_steps
     resume = resolve_resume(trainer, resume_from_checkpoint)
     loader = trainer.get_train_dataloader()
+    trainer._stream = stream_of(loader)
     plan = make_plan(trainer, loader)
     if args.fsdp and trainer.rt.distributed and not trainer.rt.fsdp:
         shard_model(trainer.model, trainer.rt)  # before the optimizer: it must hold the sharded parameters
@@ -105,7 +107,8 @@ def train(
                         raise
                     _smaller_batch(trainer, feed, smaller)
                     begin = False
-                    loader = trainer.get_train_dataloader()
+                    loader = trainer.callback_handler.train_dataloader = trainer.get_train_dataloader()
+                    trainer._stream = stream_of(loader)
                     plan = dataclasses.replace(make_plan(trainer, loader), total_steps=plan.total_steps)
     finally:
         if neftune is not None:
@@ -221,6 +224,16 @@ def restore(trainer: "Trainer", resume: str, plan: RunPlan) -> None:
         state.data_epoch, state.batches_in_epoch = state.data_epoch + 1, 0
     if args.ignore_data_skip:
         state.batches_in_epoch = 0
+    position = trainer.checkpointer.data_position(resume)
+    if trainer._stream is not None and position is not None and not args.ignore_data_skip:
+        trainer._stream.load_state_dict(position)  # every lane continues where it was: nothing is replayed
+    elif (trainer._stream is None) != (position is None) and not args.ignore_data_skip and rt.is_main:
+        print(
+            f"warning: {resume} was saved by a {'streamed' if position is not None else 'cached'} run and this "
+            f"run {'streams' if trainer._stream is not None else 'reads a cache'}: the data order is not the saved "
+            "run's (resume as the run was started for an exact continuation)",
+            file=sys.stderr,
+        )
     if state.best_model_checkpoint and not os.path.isdir(state.best_model_checkpoint):
         state.best_model_checkpoint = None  # rotated away since: forget it, as transformers does
     if args.restore_callback_states_from_checkpoint:
@@ -343,4 +356,5 @@ def save_checkpoint(trainer: "Trainer", window: LogWindow) -> None:
         scaler=trainer.rt.scaler,
         model_state=model_sd,
         optimizer_state=optim_sd,
+        data_position=trainer._stream.state_dict() if trainer._stream is not None else None,
     )

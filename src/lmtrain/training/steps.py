@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from ..data.streaming import stream_of
 from ..errors import LmtrainError
 from .state import TrainState
 
@@ -21,14 +22,17 @@ class StepFeed:
         self.state = state
         self.grad_accum = grad_accum
         self.step_start = (state.data_epoch, state.batches_in_epoch)
+        self.stream: Any = None  # what keeps a streamed dataset's position (see data.streaming.stream_of)
+        self.stream_start: Optional[Dict[str, Any]] = None  # the stream's position at the start of the step
 
     def epoch(self, loader: Any) -> Iterator[List[Dict[str, Any]]]:
         """The micro-batch groups of the state's current epoch, from its current position on."""
         state, ga = self.state, self.grad_accum
         sampler: Any = getattr(loader, "batch_sampler", None)  # None (or without set_position): not resumable
-        resumable = hasattr(sampler, "set_position")
+        stream = self.stream = stream_of(loader)  # a stream resumes from its dataset's position: no skipping
+        resumable = hasattr(sampler, "set_position") or stream is not None
         skip = state.batches_in_epoch
-        if resumable:
+        if hasattr(sampler, "set_position"):
             sampler.set_position(state.data_epoch, skip)  # O(1) jump: no replay of consumed batches
         it = iter(loader)
         if not resumable:
@@ -36,13 +40,17 @@ class StepFeed:
                 next(it, None)
         group: List[Dict[str, Any]] = []
         self.step_start = (state.data_epoch, state.batches_in_epoch)
+        self.stream_start = stream.state_dict() if stream is not None else None
         for batch in it:
+            if stream is not None:
+                stream.take_position(batch)
             group.append(batch)
             state.batches_in_epoch += 1
             if len(group) == ga:
                 yield group
                 group = []
                 self.step_start = (state.data_epoch, state.batches_in_epoch)
+                self.stream_start = stream.state_dict() if stream is not None else None
         if group:  # the epoch's tail: a shorter step, still weighted by its own token count
             yield group
         if state.batches_in_epoch == 0:
@@ -60,6 +68,8 @@ class StepFeed:
             torch.cuda.empty_cache()
         self.grad_accum *= factor
         epoch, consumed = self.step_start
+        if self.stream_start is not None and self.stream is not None:
+            self.stream.load_state_dict(self.stream_start)  # a stream rewinds to its position too
         # the order is one permutation per epoch: old micro-batch b holds the samples of new ones fb .. fb+f-1
         self.state.data_epoch, self.state.batches_in_epoch = epoch, consumed * factor
         return micro_batch // factor

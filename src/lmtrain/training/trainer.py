@@ -122,6 +122,7 @@ class Trainer:
         self.ignored_kwargs = sorted(unused)
         self.refuse_existing_checkpoints = False  # the CLI refuses; the library warns, as transformers trains on
         self.checkpointer = ckpt.Checkpointer(self.args, self.rt)
+        self._stream: Any = None  # the position keeper of a streamed training set (run.train sets it)
         self.control = self._fire("on_init_end")
 
     def _set_model(self, model: torch.nn.Module) -> None:

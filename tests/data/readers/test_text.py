@@ -172,7 +172,7 @@ def test_text_pieces_errors_are_iter_documents_errors(tmp_path, small_pieces, ca
 
 def test_text_pieces_checks_its_arguments(tmp_path):
     f = write(tmp_path / "a.jsonl", '{"text": "x"}\n')
-    with pytest.raises(ValueError, match="not a .txt or .txt.gz file"):
+    with pytest.raises(ValueError, match="is not a .txt file"):
         list(iter_text_pieces(f))
     g = write(tmp_path / "a.txt", "x")
     with pytest.raises(ConfigError, match="encoding_errors must be one of"):

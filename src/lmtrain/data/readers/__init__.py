@@ -1,14 +1,16 @@
 """Find input files and stream their documents as strings.
 
 Supported: ``.txt`` (one file = one document), ``.jsonl`` / ``.json`` (JSON
-lines, or a ``.json`` array of objects), ``.csv`` (with a header), the ``.gz``
-variants of these, and ``.parquet`` (needs pyarrow). Every user-caused problem
+lines, or a ``.json`` array of objects), ``.csv`` (with a header), each of these
+compressed as ``.gz``, ``.zst`` (needs zstandard), ``.bz2`` or ``.xz``
+(``x.jsonl.zst``), and ``.parquet`` (needs pyarrow). Every user-caused problem
 is a :class:`~lmtrain.errors.DataError` with a one-line message that names the
 file and the fix.
 
-One module per concern: :mod:`.files` (which files), :mod:`.text` (bytes to
-text, gzip, ``.txt``, and streaming a ``.txt`` in bounded pieces),
-:mod:`.records` (JSON and CSV), :mod:`.parquet`.
+One module per concern: :mod:`.files` (which files), :mod:`.compression` (the
+codecs and their magic numbers), :mod:`.text` (bytes to text, ``.txt``, and
+streaming a ``.txt`` in bounded pieces), :mod:`.records` (JSON and CSV),
+:mod:`.parquet`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from lmtrain.data.readers.files import (
     resolve_files,
     sample_corpus_files,
 )
-from lmtrain.data.readers.parquet import iter_parquet
+from lmtrain.data.readers.parquet import iter_parquet, parquet_row_groups
 from lmtrain.data.readers.records import iter_csv, iter_json
 from lmtrain.data.readers.text import (
     ENCODING_ERRORS,
     PIECE_BOUNDARY,
     PIECE_CHARS,
     check_encoding_errors,
+    compression_of,
     iter_text_pieces,
     iter_txt,
     open_bytes,
@@ -42,6 +45,11 @@ from lmtrain.errors import DataError
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "ENCODING_ERRORS",
+    "compression_of",
+    "open_bytes",
+    "read_errors",
+    "iter_parquet",
+    "parquet_row_groups",
     "PIECE_BOUNDARY",
     "PIECE_CHARS",
     "sample_corpus_files",
@@ -89,10 +97,10 @@ def _iter_file(path: Path, ext: str, text_column: str, errors: str) -> Iterator[
     if ext == ".parquet":
         yield from iter_parquet(path, text_column)
         return
-    compressed = ext.endswith(".gz")
-    base = ext[:-3] if compressed else ext
-    raw = open_bytes(path, compressed)
-    with read_errors(path, compressed), raw:
+    compression = compression_of(path)
+    base = ext[: -len(compression) - 1] if compression else ext
+    raw = open_bytes(path, compression)
+    with read_errors(path, compression), raw:
         if base == ".txt":
             yield from iter_txt(path, raw, errors)
         elif base == ".csv":

@@ -8,11 +8,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from lmtrain.data.readers.compression import COMPRESSIONS
 from lmtrain.errors import DataError
 
 _BASE_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv")
-SUPPORTED_EXTENSIONS: tuple[str, ...] = _BASE_EXTENSIONS + tuple(e + ".gz" for e in _BASE_EXTENSIONS) + (".parquet",)
-_TEXT_EXTENSIONS = (".txt", ".txt.gz")  # one file = one document
+# every text format plain or compressed (x.jsonl.zst ...), then .parquet (compressed inside already)
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    _BASE_EXTENSIONS + tuple(f"{e}.{c}" for c in COMPRESSIONS for e in _BASE_EXTENSIONS) + (".parquet",)
+)
+_TEXT_EXTENSIONS = (".txt",) + tuple(f".txt.{c}" for c in COMPRESSIONS)  # one file = one document
 _GLOB_CHARS = "*?["
 
 
@@ -34,12 +38,13 @@ def extension(path: Path) -> str:
 
 
 def is_text_file(path: str | Path) -> bool:
-    """Whether ``path`` is named as plain text (``.txt`` or ``.txt.gz``): one file, one document."""
+    """Whether ``path`` is named as plain text (``.txt``, or ``.txt.gz`` / ``.zst`` / ``.bz2`` / ``.xz``): one document."""
     return extension(Path(path)) in _TEXT_EXTENSIONS
 
 
 def _supported_list() -> str:
-    return ", ".join(_BASE_EXTENSIONS + (".parquet",)) + " (or .gz of the text formats)"
+    compressed = ", ".join("." + c for c in COMPRESSIONS)
+    return ", ".join(_BASE_EXTENSIONS + (".parquet",)) + f" (or {compressed} of the text formats)"
 
 
 def resolve_files(paths: Sequence[str | Path]) -> list[Path]:

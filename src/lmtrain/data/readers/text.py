@@ -1,28 +1,48 @@
-"""Bytes to text: opening (gzip or not), UTF-8 decoding and its errors, and ``.txt`` files.
+"""Bytes to text: opening (compressed or not), UTF-8 decoding and its errors, and ``.txt`` files.
 
-A ``.txt`` / ``.txt.gz`` file is one document. :func:`iter_text_pieces` streams
-it in bounded pieces (for the token cache, so a corpus of any size is encoded
-with flat memory). The JSON/CSV readers in :mod:`.records` read streams opened
-by :func:`open_bytes` inside :func:`read_errors` too, so every format reports
-encoding and compression problems the same way.
+A ``.txt`` file (plain, or ``.txt.gz`` / ``.zst`` / ``.bz2`` / ``.xz``) is one
+document. :func:`iter_text_pieces` streams it in bounded pieces (for the token
+cache, so a corpus of any size is encoded with flat memory). The JSON/CSV
+readers in :mod:`.records` read streams opened by :func:`open_bytes` inside
+:func:`read_errors` too, so every format reports encoding and compression
+problems the same way. The codecs themselves live in :mod:`.compression`.
 """
 
 from __future__ import annotations
 
 import codecs
-import gzip
 import re
-import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Optional, cast
+from typing import IO, Callable, Iterator, Optional
 
+from lmtrain.data.readers.compression import (
+    check_compressed,
+    compression_of,
+    decompressing,
+    decompression_error,
+    one_line,
+    open_decompressed,
+)
 from lmtrain.data.readers.files import check_readable, is_text_file
 from lmtrain.errors import ConfigError, DataError
 
+__all__ = [
+    "ENCODING_ERRORS",
+    "PIECE_BOUNDARY",
+    "PIECE_CHARS",
+    "compression_of",
+    "open_bytes",
+    "read_errors",
+    "one_line",
+    "iter_txt",
+    "iter_text_pieces",
+    "split_pieces",
+    "check_encoding_errors",
+]
+
 ENCODING_ERRORS = ("strict", "replace", "ignore")
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20  # bytes read (and decoded) at a time from text files
 PIECE_CHARS = 1 << 16  # long texts are cut into pieces of about this many characters
 
@@ -59,55 +79,54 @@ def split_pieces(text: str) -> list[str]:
     return pieces
 
 
-def check_gzip_name(path: Path, compressed: bool) -> None:
-    """Refuse a file whose gzip magic number does not match its name."""
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if compressed and magic != _GZIP_MAGIC:
-        raise DataError(f"{path} is not gzip-compressed; remove the .gz from its name")
-    if not compressed and magic == _GZIP_MAGIC:
-        raise DataError(f"{path} is gzip-compressed; name it {path.name}.gz")
+def open_bytes(path: str | Path, compression: Optional[str]) -> IO[bytes]:
+    """``path`` opened for reading its decompressed bytes, after checking its magic number.
 
-
-def open_bytes(path: Path, compressed: bool) -> IO[bytes]:
-    """``path`` opened for reading (decompressed bytes), after :func:`check_gzip_name`."""
-    check_gzip_name(path, compressed)
-    if compressed:
-        # a GzipFile is a binary file object, but typeshed does not declare it an IO[bytes]
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")
+    ``compression`` is what the name says (:func:`compression_of`). Read the
+    stream inside :func:`read_errors` so that decompression and UTF-8 errors
+    become one-line DataErrors.
+    """
+    path = Path(path)
+    check_compressed(path, compression)
+    return open_decompressed(path, compression)
 
 
 @contextmanager
-def read_errors(path: Path, compressed: bool) -> Iterator[None]:
+def read_errors(path: str | Path, compression: Optional[str]) -> Iterator[None]:
     """Turn decoding and decompression errors raised inside into the readers' one-line DataErrors."""
+    path = Path(path)
     try:
         yield
     except UnicodeDecodeError:
-        raise _utf8_error(path, compressed) from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path} is a corrupt or truncated gzip file ({one_line(e)}); re-create it") from None
+        raise _utf8_error(path, compression) from None
+    except Exception as e:
+        error = decompression_error(path, compression, e)
+        if error is None:
+            raise
+        raise error from None
 
 
-def one_line(e: BaseException) -> str:
-    """The first line of an exception's message (library messages can span lines; ours must not)."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-def _utf8_error(path: Path, compressed: bool) -> DataError:
+def _utf8_error(path: Path, compression: Optional[str]) -> DataError:
     """Locate the first invalid byte (in the decompressed stream) for the message."""
-    offset, line = _first_invalid_utf8(path, compressed)
+    try:
+        offset, line = _first_invalid_utf8(path, compression)
+    except Exception as e:
+        # Corrupt compressed data often decodes to garbage before the codec's checksum fails:
+        # the file is then reported as corrupt, not as badly encoded.
+        error = decompression_error(path, compression, e)
+        if error is None:
+            raise
+        return error
     where = f"byte {offset} (line {line})" if offset >= 0 else "some byte"
     return DataError(f"{path} is not valid UTF-8 at {where}; convert it, or pass --encoding_errors replace")
 
 
-def _first_invalid_utf8(path: Path, compressed: bool) -> tuple[int, int]:
+def _first_invalid_utf8(path: Path, compression: Optional[str]) -> tuple[int, int]:
     """(byte offset, 1-based line) of the first invalid UTF-8 byte, or (-1, -1)."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     consumed = 0  # bytes handed to the decoder so far
     newlines = 0
-    with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
+    with open_decompressed(path, compression) as f:
         while True:
             chunk = f.read(_CHUNK)
             final = not chunk
@@ -119,6 +138,8 @@ def _first_invalid_utf8(path: Path, compressed: bool) -> tuple[int, int]:
                 offset = consumed - len(pending) + e.start
                 data = pending + chunk
                 newlines += data[: e.start].count(b"\n")
+                while compression and f.read(_CHUNK):
+                    pass  # to the end, so that the codec checks the data (raising if it is corrupt)
                 return offset, newlines + 1
             newlines += chunk.count(b"\n")
             consumed += len(chunk)
@@ -146,7 +167,7 @@ def iter_text_pieces(
     encoding_errors: str = "strict",
     on_read: Optional[Callable[[int], None]] = None,
 ) -> Iterator[str]:
-    """The text of one ``.txt`` / ``.txt.gz`` file, read in bounded chunks and yielded in pieces.
+    """The text of one ``.txt`` file (plain or compressed), read in bounded chunks and yielded in pieces.
 
     Pieces are cut only at piece boundaries (see ``PIECE_BOUNDARY``), about every
     ``PIECE_CHARS`` characters, so memory stays bounded whatever the file size
@@ -158,25 +179,27 @@ def iter_text_pieces(
     check_encoding_errors(encoding_errors)
     path = Path(path)
     if not is_text_file(path):
-        raise ValueError(f"{path} is not a .txt or .txt.gz file; read it with iter_documents")
-    compressed = path.name.lower().endswith(".gz")
+        raise ValueError(f"{path} is not a .txt file (plain, .gz, .zst, .bz2 or .xz); read it with iter_documents")
+    compression = compression_of(path)
     check_readable(path)
-    check_gzip_name(path, compressed)
+    check_compressed(path, compression)
     yielded = False
-    with read_errors(path, compressed):
-        for piece in _txt_pieces(path, compressed, encoding_errors, on_read):
+    with read_errors(path, compression):
+        for piece in _txt_pieces(path, compression, encoding_errors, on_read):
             yielded = True
             yield piece
     if not yielded:  # e.g. only a byte-order mark
         raise DataError(f"{path} is empty; remove it or add text")
 
 
-def _txt_pieces(path: Path, compressed: bool, errors: str, on_read: Optional[Callable[[int], None]]) -> Iterator[str]:
+def _txt_pieces(
+    path: Path, compression: Optional[str], errors: str, on_read: Optional[Callable[[int], None]]
+) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8-sig")(errors)  # as iter_txt decodes
     buf = ""
     scanned = 0  # no boundary starts in buf[:scanned]
-    with open(path, "rb") as raw:
-        src: Any = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+    # the compressed file stays in hand so that on_read can report how much of it was read
+    with open(path, "rb") as raw, decompressing(raw, compression, path) if compression else nullcontext(raw) as src:
         while True:
             chunk = src.read(_CHUNK)
             if on_read is not None:

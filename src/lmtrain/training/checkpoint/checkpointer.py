@@ -10,7 +10,7 @@ import torch
 from ...errors import ConfigError, LmtrainError
 from ..weights import load_model_weights
 from . import rng
-from .files import load_training_state, save_checkpoint
+from .files import data_position_name, load_training_state, read_data_position, save_checkpoint, write_data_position
 from .layout import (
     PREFIX,
     is_complete,
@@ -122,12 +122,16 @@ class Checkpointer:
         scaler: Any,
         model_state: Optional[Dict[str, Any]] = None,
         optimizer_state: Optional[Dict[str, Any]] = None,
+        data_position: Optional[Dict[str, Any]] = None,
     ) -> str:
-        """Save checkpoint-<state.global_step> and rotate old ones. Collective: every rank calls it."""
+        """Save checkpoint-<state.global_step> and rotate old ones. Collective: every rank calls it.
+        `data_position`: this rank's position in a streamed dataset (each rank its own file)."""
         step, out = state.global_step, self.output_dir
         distributed = self.world_size > 1
         if distributed and not self.is_main:
             rng.write_rank_file(out, step, self.rank)
+        if data_position is not None:
+            write_data_position(out, step, self.rank, data_position)
         self._barrier()  # every rank's RNG file exists before rank 0 seals the checkpoint
         if self.is_main:
             best = self.best_path(state, saving_step=step)
@@ -146,6 +150,9 @@ class Checkpointer:
                 model_state=model_state,
                 optimizer_state=optimizer_state,
                 other_ranks_rng=[rng.rank_file(out, step, r) for r in range(1, self.world_size)],
+                rank_files=[os.path.join(out, f".data-{step}.{data_position_name(r)}") for r in range(self.world_size)]
+                if data_position is not None
+                else None,
             )
             rotate_checkpoints(out, self.args.save_total_limit, state.best_model_checkpoint)
         self._barrier()
@@ -178,6 +185,10 @@ class Checkpointer:
             rank=self.rank,
             world_size=self.world_size,
         )
+
+    def data_position(self, ckpt_dir: str) -> Optional[Dict[str, Any]]:
+        """This rank's position in a streamed dataset, when the checkpoint holds one."""
+        return read_data_position(ckpt_dir, self.rank)
 
     def update_best(self, state: Any, metrics: Dict[str, float]) -> bool:
         """Track metric_for_best_model in the state; True on a new best."""

@@ -53,12 +53,14 @@ def save_checkpoint(
     other_ranks_rng: Optional[List[str]] = None,
     model_state: Optional[Dict[str, Any]] = None,
     optimizer_state: Optional[Dict[str, Any]] = None,
+    rank_files: Optional[List[str]] = None,
 ) -> str:
     """Write checkpoint-<step> atomically and return its path.
 
     `other_ranks_rng`: RNG files ranks 1.. wrote beside the checkpoint (see `rng.write_rank_file`); they are
     moved inside as rng_state_<rank>.pth, and rank 0's is then rng_state_0.pth, as transformers names them.
     `extra`: more objects to restore with the checkpoint (returned by `load_training_state`).
+    `rank_files`: other per-rank files written beside the checkpoint (`beside`), moved inside likewise.
     """
     final = os.path.join(output_dir, f"{PREFIX}-{step}")
     tmp = os.path.join(output_dir, f".{PREFIX}-{step}.tmp-{os.getpid()}")
@@ -79,6 +81,8 @@ def save_checkpoint(
             torch.save(rng.capture(distributed), os.path.join(tmp, rng.file_name(0, distributed)))
             for path in other_ranks_rng or []:
                 os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
+        for path in rank_files or []:
+            os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
             if extra:
                 torch.save(extra, os.path.join(tmp, EXTRA))
         state.save_to_json(os.path.join(tmp, "trainer_state.json"))
@@ -177,3 +181,23 @@ def load_training_state(
     if os.path.isfile(path(EXTRA)):
         extra.update(torch.load(path(EXTRA), weights_only=False))
     return extra
+
+
+def data_position_name(rank: int) -> str:
+    """The file holding one rank's position in a streamed dataset, inside a checkpoint."""
+    return f"data_position_{rank}.pt"
+
+
+def write_data_position(output_dir: str, step: int, rank: int, position: Dict[str, Any]) -> str:
+    """Write this rank's stream position beside the checkpoint being built (moved inside by rank 0)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f".data-{step}.{data_position_name(rank)}")
+    torch.save(position, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_data_position(ckpt_dir: str, rank: int) -> Optional[Dict[str, Any]]:
+    """This rank's stream position saved in a checkpoint, or None when it has none."""
+    path = os.path.join(ckpt_dir, data_position_name(rank))
+    return torch.load(path, weights_only=False) if os.path.isfile(path) else None
