@@ -114,13 +114,14 @@ def test_lanes_read_disjoint_parts_that_cover_the_corpus(corpus, tokenizer, tmp_
     assert sorted(read) == sorted(t for _, t in everything)
 
 
-def test_positions_resume_exactly(corpus, tokenizer, tmp_path):
-    ds = stream(corpus, tokenizer, tmp_path, write_cache=False)
+@pytest.mark.parametrize("packing", ["concat", "bos_aligned"])
+def test_positions_resume_exactly(corpus, tokenizer, tmp_path, packing):
+    ds = stream(corpus, tokenizer, tmp_path, write_cache=False, packing=packing)
     whole = take(ds.stream_loader(default_data_collator, 3, data_seed=1), 40)
-    first = stream(corpus, tokenizer, tmp_path, write_cache=False)
+    first = stream(corpus, tokenizer, tmp_path, write_cache=False, packing=packing)
     take(first.stream_loader(default_data_collator, 3, data_seed=1), 17, first)
     saved = first.state_dict()
-    resumed = stream(corpus, tokenizer, tmp_path, write_cache=False)
+    resumed = stream(corpus, tokenizer, tmp_path, write_cache=False, packing=packing)
     loader = resumed.stream_loader(default_data_collator, 3, data_seed=1)
     resumed.load_state_dict(saved)
     rest = take(loader, 23, resumed)
@@ -213,3 +214,24 @@ def test_a_full_pass_leaves_the_token_cache_warm(corpus, tokenizer, tmp_path, mo
     assert np.array_equal(np.asarray(warm.tokens), np.asarray(cache_ref.tokens))
     assert np.array_equal(np.asarray(warm.doc_offsets), np.asarray(cache_ref.doc_offsets))
     assert warm.num_bytes == cache_ref.num_bytes
+
+
+def test_bos_aligned_rows_equal_the_cache_packers(corpus, tokenizer, tmp_path, monkeypatch):
+    import lmtrain.data.packing as packing
+
+    monkeypatch.setattr(packing, "DEFAULT_BUFFER", 8)  # a small buffer: the corpus has ~130 documents
+    corpus = corpus[1:]  # records (a whole .txt is a document of thousands of tokens: the stream's buffer is
+    # also bounded in tokens, which the cache's packer, holding every document already, need not be)
+    cache = build_token_cache(corpus, tokenizer, cache_dir=tmp_path / "ref")
+    eos = tokenizer.eos_token_id
+    rows = packing.bos_aligned_rows(cache.doc_offsets, 32, eos, eos, buffer=8)
+    offline = packing.PackedRowDataset(cache.tokens, rows, block_size=32)
+    n = rows.num_rows // 2  # the cache's packer empties its buffer at the corpus end; the stream reads on
+    ds = stream(corpus, tokenizer, tmp_path, shuffle=False, write_cache=False, packing="bos_aligned")
+    loader = ds.stream_loader(default_data_collator, 1, data_seed=0)
+    got = [b["input_ids"][0] for b in take(loader, n, ds)]
+    for i in range(n):
+        assert torch.equal(got[i], offline[i]["input_ids"]), i
+        assert got[i][0] == eos  # every block starts a document
+    dropped = ds.tokens_dropped()
+    assert 0 < dropped

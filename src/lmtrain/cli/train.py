@@ -180,7 +180,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         callbacks=callbacks,
     )
     trainer.refuse_existing_checkpoints = True  # a CLI run never silently mixes with an earlier one
-    if sources:  # tokens_<source> in every log record
+    if sources or (streaming and data_args.packing == "bos_aligned"):  # tokens_<source> (and dropped) in the logs
         from ..training.sources import SourceTokensCallback, StreamTokensCallback
 
         counter = StreamTokensCallback if streaming else SourceTokensCallback

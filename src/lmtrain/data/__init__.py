@@ -1,8 +1,10 @@
 """Data pipeline: files -> token ids (cached, memory-mapped) -> blocks -> batches.
 
 ``readers`` (files -> documents) -> ``token_cache`` (documents -> token ids, with a tokenizer
-from ``bpe`` or the user's) -> ``pack`` (ids -> blocks) -> ``collators`` and ``loader``
-(blocks -> batches, in a resumable, seeded order).
+from ``bpe`` or the user's; ``shards`` + ``shard_cache`` build it in pieces, on many ranks) -> ``pack``
+and ``packing`` (ids -> blocks: concat or bos_aligned) -> ``mixture`` (several sources by weight) ->
+``collators`` and ``loader`` (blocks -> batches, in a resumable, seeded order). ``streaming`` (with
+``lanes``) does files -> batches in the data-loader workers instead, with resumable positions.
 
 Names are imported lazily (PEP 562) so ``import lmtrain.data`` stays cheap and
 works before optional submodules such as ``collators`` exist.
@@ -25,6 +27,9 @@ _EXPORTS = {
     "token_cache": ["PIPELINE_VERSION", "TokenCache", "build_token_cache", "default_cache_root"],
     "pack": ["BlockDataset", "num_blocks", "split_blocks", "prepare_datasets"],
     "mixture": ["MixSchedule", "MixtureDataset", "parse_sources", "prepare_mixture"],
+    "packing": ["PackedRowDataset", "best_fit_rows"],
+    "shards": ["Shard", "plan_shards", "iter_units"],
+    "streaming": ["StreamingDataset", "prepare_streaming"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 

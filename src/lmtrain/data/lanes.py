@@ -20,14 +20,22 @@ if TYPE_CHECKING:
 
 __all__ = ["LaneReader", "assign_shards", "new_lane_state"]
 
+_BUFFER_ROWS = 1000  # bos_aligned: the best-fit buffer holds at most this many rows' worth of tokens
 _GROUP_CHARS = 1 << 16  # text encoded per tokenizer call: enough to keep its threads busy, small to carry
 
 
 def new_lane_state(lane: int, sources: int) -> Dict[str, Any]:
-    """The position of a lane that has read nothing: per source (pass, shard, cursor, unit, carried tokens,
-    blocks taken), and the lane's own counts of batches and blocks."""
-    fresh = {"pass": 0, "shard": 0, "cursor": None, "unit": 0, "carry": np.empty(0, np.int64), "blocks": 0}
-    return {"lane": lane, "batches": 0, "blocks": 0, "sources": [dict(fresh) for _ in range(sources)]}
+    """The position of a lane that has read nothing: per source (pass, shard, cursor, unit, tokens carried
+    over, blocks taken), and the lane's own counts of batches and blocks."""
+
+    def fresh() -> Dict[str, Any]:
+        empty = np.empty(0, np.int64)
+        # carry: tokens read but not yet in a block (concat); pending, docs, dropped: bos_aligned's document
+        # being read, documents waiting in the best-fit buffer, and tokens cropped away so far
+        return {"pass": 0, "shard": 0, "cursor": None, "unit": 0, "carry": empty, "blocks": 0, "pending": empty,
+                "docs": [], "dropped": 0}  # fmt: skip
+
+    return {"lane": lane, "batches": 0, "blocks": 0, "sources": [fresh() for _ in range(sources)]}
 
 
 def assign_shards(sizes: Sequence[int], lanes: int) -> List[List[tuple[int, int, int]]]:
@@ -69,13 +77,36 @@ class LaneReader:
         return [self.mine[i] for i in rng.permutation(len(self.mine))]
 
     def take(self, n: int) -> np.ndarray:
-        """The next ``n`` tokens of this source."""
+        """The next block of ``n`` tokens of this source: the next ``n`` tokens of the stream (concat), or a
+        best-fit row of whole documents, each starting with BOS (bos_aligned)."""
         st = self.state
+        if self.stream.packing == "bos_aligned":
+            return self._take_row(n)
         while len(st["carry"]) < n:
             self._read_group()
         out, st["carry"] = st["carry"][:n], st["carry"][n:]
         st["blocks"] += 1
         return out
+
+    def _take_row(self, n: int) -> np.ndarray:
+        """bos_aligned: the best-fit buffer is the first DEFAULT_BUFFER documents read and not yet used (more
+        when they hold less than a row), as the packer of a token cache keeps it, so the rows are the same;
+        it also stops at _BUFFER_ROWS rows' worth of tokens, so that a corpus of a few huge documents is
+        not read a thousand documents ahead (their tails are cropped away anyway)."""
+        from lmtrain.data.packing import DEFAULT_BUFFER, best_fit_row
+
+        st = self.state
+        while True:
+            docs = st["docs"]
+            size, k = 0, 0
+            while k < len(docs) and (k < DEFAULT_BUFFER and size < _BUFFER_ROWS * n or size < n):
+                size, k = size + len(docs[k]), k + 1
+            if (k >= DEFAULT_BUFFER or size >= _BUFFER_ROWS * n) and size >= n:
+                row, left, dropped = best_fit_row(docs[:k], n)
+                assert row is not None  # the buffer holds a row's worth
+                st["docs"], st["dropped"], st["blocks"] = left + docs[k:], st["dropped"] + dropped, st["blocks"] + 1
+                return row
+            self._read_group()
 
     def _next_unit(self) -> tuple[Any, Any]:
         """The next unit of text this lane owns and the cache writer of its shard (or None), moving on to
@@ -125,16 +156,21 @@ class LaneReader:
             ends.append(unit.doc_end)
             writers.append(writer)
             chars += len(unit.text)
-        eos = self.stream.eos_id
-        parts = [self.state["carry"]]
+        st, eos = self.state, self.stream.eos_id
+        rows = self.stream.packing == "bos_aligned"
+        parts = [st["pending"] if rows else st["carry"]]
         for text, ids, end, writer in zip(texts, self.stream.encode(texts), ends, writers):
             arr = np.asarray(ids, dtype=np.int64)
             parts.append(arr)
-            if end and eos is not None:
-                parts.append(np.array([eos], dtype=np.int64))
             if writer is not None:
                 writer.add(arr, end, text)
-        self.state["carry"] = np.concatenate(parts)
+            if end and rows:  # a whole document: into the best-fit buffer, with its BOS (and EOS)
+                st["docs"].append(self.stream.document(np.concatenate(parts)))
+                parts = []
+            elif end and eos is not None:
+                parts.append(np.array([eos], dtype=np.int64))
+        rest = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        st["pending" if rows else "carry"] = rest
         for writer in self._finished:
             writer.close()
             self.stream.shard_written(self.source)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lmtrain.data.lanes import LaneReader, new_lane_state
 from lmtrain.data.loader import batch_seed
-from lmtrain.data.packing import model_items
+from lmtrain.data.packing import check_packing, model_items
 from lmtrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class StreamingDataset(IterableDataset):
         shard_bytes: int = 64 << 20,
         cache_dir: Optional[str | Path] = None,
         write_cache: bool = True,
+        packing: str = "concat",
     ) -> None:
         from lmtrain.data.encoders import best_encoder, splitting_is_exact
         from lmtrain.data.pack import _first_id
@@ -95,6 +96,9 @@ class StreamingDataset(IterableDataset):
                 raise DataError("masked-LM blocks need cls and sep tokens; use a tokenizer that defines them")
         self.tokenizer = tokenizer
         self.eos_id: Optional[int] = _separator_id(tokenizer)
+        self.packing = check_packing(packing)
+        # bos_aligned documents: CLM [BOS] + ids (+ [EOS] when it differs), MLM ids + [EOS] (as the cache's packer)
+        self.bos_id = None if mlm else _first_id(tokenizer, "bos_token_id", "eos_token_id", "sep_token_id")
         self.text_column = text_column
         self.encoding_errors = encoding_errors
         self.seed = int(seed)
@@ -217,6 +221,20 @@ class StreamingDataset(IterableDataset):
         return {n: int(c) * self.block_size * self.world_size for n, c in zip(self.names, counts)}
 
     # ---- reading (in the workers) -----------------------------------------------------------------
+
+    def document(self, ids: np.ndarray) -> np.ndarray:
+        """A whole document's ids as bos_aligned packs it (see :func:`~lmtrain.data.packing.bos_aligned_rows`)."""
+        parts = [ids]
+        if self.bos_id is not None:
+            parts.insert(0, np.array([self.bos_id], dtype=np.int64))
+        if self.eos_id is not None and self.bos_id != self.eos_id:
+            parts.append(np.array([self.eos_id], dtype=np.int64))
+        return np.concatenate(parts)
+
+    def tokens_dropped(self) -> int:
+        """bos_aligned: tokens cropped from documents so far, over all ranks (0 with concat)."""
+        dropped = sum(s["dropped"] for st in self.lane_states.values() for s in st["sources"])
+        return int(dropped) * self.world_size
 
     def encode(self, texts: List[str]) -> List[Any]:
         if self._encode is None:  # built in the process that reads: encoder threads do not survive a fork
@@ -380,8 +398,6 @@ def prepare_streaming(
     but the validation files."""
     from lmtrain.data.pack import prepare_datasets
 
-    if packing != "concat":
-        raise ConfigError(f"--packing {packing} is not available with --streaming; use --packing concat")
     if max_positions is not None and block_size > max_positions:
         raise DataError(
             f"block_size {block_size} is longer than the model's {max_positions} positions; "
@@ -398,6 +414,7 @@ def prepare_streaming(
         encoding_errors=encoding_errors,
         seed=seed,
         cache_dir=cache_dir,
+        packing=packing,
     )
     eval_ds: Any = None
     eval_info: Dict[str, Any] = {}
@@ -414,11 +431,13 @@ def prepare_streaming(
             encoding_errors=encoding_errors,
             seed=seed,
             max_positions=max_positions,
+            packing=packing,
             **validation_options,
         )
     shards = [len(s) for s in train.shards]
     info: Dict[str, Any] = {
         "streaming": True,
+        "packing": packing,
         "sources": list(train.names),
         "shards": shards,
         "input_bytes": sum(s.size for shards_ in train.shards for s in shards_),
@@ -436,6 +455,8 @@ def describe_streaming(info: Dict[str, Any], block_size: int) -> str:
         f"data: streaming {info['input_bytes'] / 2**20:,.1f} MiB in {sum(info['shards']):,} shards, "
         f"tokenized while training, in blocks of {block_size}"
     )
+    if info.get("packing") == "bos_aligned":
+        line += " (bos_aligned: each block starts a document; tokens cropped are logged as tokens_dropped)"
     if info["eval_blocks"]:
         line += f"; {info['eval_blocks']:,} validation blocks"
     else:

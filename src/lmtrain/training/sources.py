@@ -152,8 +152,9 @@ def log_keys(names: Sequence[str]) -> List[str]:
 
 
 class StreamTokensCallback(TrainerCallback):
-    """``tokens_<name>`` on every log record of a weighted :class:`~lmtrain.data.streaming.StreamingDataset`:
-    its position holds each reader's count of blocks per source, so the count is exact after a resume too."""
+    """``tokens_<name>`` on every log record of a weighted :class:`~lmtrain.data.streaming.StreamingDataset`
+    (and ``tokens_dropped`` with bos_aligned packing): its position holds each reader's count of blocks per
+    source and of tokens cropped, so the counts are exact after a resume too."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -167,7 +168,9 @@ class StreamTokensCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None:
             return
-        extra = dict(zip(self.keys, self.dataset.tokens_per_source().values()))
+        extra = dict(zip(self.keys, self.dataset.tokens_per_source().values())) if len(self.keys) > 1 else {}
+        if self.dataset.packing == "bos_aligned":
+            extra["tokens_dropped"] = self.dataset.tokens_dropped()
         logs.update(extra)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(extra)
