@@ -29,6 +29,7 @@ preparation of each next to the one .txt (the variants interleaved within each r
     python bench/prep.py --sizes 5,50 --repeats 1     # quicker
     python bench/prep.py --skip_scaling --json out.json
     python bench/prep.py --times 1 --repeats 1 --skip_compare --skip_scaling   # input formats only, small
+    python bench/prep.py --skip_compare --skip_formats --skip_scaling          # streamed training only (bench/_streaming.py)
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--skip_formats", action="store_true", help="skip the input-formats table")
     p.add_argument("--shards", type=int, default=4, help="parquet shards in the input-formats table")
     p.add_argument("--row_groups", type=int, default=4, help="row groups per parquet shard")
+    from _streaming import add_streaming_args  # bench/ is on sys.path when the script runs
+
+    add_streaming_args(p)  # --skip_streaming, --streaming_mb 500, ...
     p.add_argument("--no_fast_bpe", action="store_true", help="lmtrain without the tiktoken fast path")
     p.add_argument("--workdir", default=None, help="keep corpora/tokenizer/caches here (default: a temp dir, removed)")
     p.add_argument("--json", default=None, help="write all runs and medians here")
@@ -423,6 +427,14 @@ def main(argv=None) -> None:
                     f"| {secs(w['seconds'])} | {mib(w['peak_rss'])} " + rec_cells
                 )
             lines.append("")
+        if not args.skip_streaming:
+            from _streaming import measure_streaming
+
+            file = os.path.join(tmp, "streaming", "train.txt")
+            size = build_corpus(args.train_file, file, size_mb=args.streaming_mb)
+            print(f"streaming corpus: {size / MB:.1f} MB", file=sys.stderr)
+            results["streaming"], more = measure_streaming(args, file, tok_dir, tmp)
+            lines += more
         lines.append(f"(bench/prep.py finished in {time.perf_counter() - t0:.0f}s)")
         print("\n".join(lines))
         if args.json:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lmtrain.data.shard_cache as sc
 import lmtrain.data.token_cache as tokmod
 from lmtrain.data.bpe import train_bpe_tokenizer
 from lmtrain.data.encoders import best_encoder
@@ -18,14 +17,13 @@ from lmtrain.data.shard_cache import (
     ShardWriter,
     assemble,
     assemble_if_complete,
-    balance,
-    build_caches_on_ranks,
     cache_dir_of,
     missing_shards,
     staging_dir,
     write_shard,
 )
-from lmtrain.data.shards import iter_units, plan_shards
+from lmtrain.data.shard_reader import iter_units
+from lmtrain.data.shards import plan_shards
 from lmtrain.data.token_cache import build_token_cache
 from lmtrain.errors import DataError
 from tests.data.test_shards import make_corpus
@@ -152,47 +150,6 @@ def test_bad_ids_and_files_without_text_raise_the_cache_errors(tokenizer, tmp_pa
         w.close()
     with pytest.raises(DataError, match=f"token id {len(tokenizer) + 3}, outside its vocabulary"):
         assemble(staging, [shard], tokenizer)
-
-
-def test_balance_is_deterministic_and_even():
-    sizes = [90, 10, 50, 50, 40, 30, 30, 20, 5, 5]
-    parts = balance(sizes, 3)
-    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
-    loads = [sum(sizes[i] for i in p) for p in parts]
-    assert max(loads) - min(loads) <= max(sizes) // 2 and parts == balance(sizes, 3)
-    assert balance([7], 3) == [[0], [], []]
-
-
-def test_ranks_share_the_work_and_rank_0_assembles(tokenizer, corpus, tmp_path, monkeypatch):
-    """Two ranks in turn (the barrier a no-op): each writes only its shards; an interrupted run's are kept."""
-    lists = [corpus[:4], corpus[4:], corpus[:4]]  # the last: validation files that are the training files
-    root = tmp_path / "cache"
-    written: list[tuple[int, Path, int]] = []
-    real = sc.write_shard
-    rank = 1
-    monkeypatch.setattr(
-        sc, "write_shard", lambda s, *a, **k: (written.append((rank, s.path, s.start)), real(s, *a, **k))[1]
-    )
-    opts = dict(world_size=2, target_bytes=6000)
-    build_caches_on_ranks(lists, tokenizer, root, rank=1, **opts)
-    rank = 0
-    caches = build_caches_on_ranks(lists, tokenizer, root, rank=0, **opts)
-    ones = [w for w in written if w[0] == 1]
-    assert ones and len(ones) < len(written)  # both ranks worked
-    assert len({w[1:] for w in written}) == len(written) == sum(len(plan_shards(f, 6000)) for f in lists[:2])  # once
-    for files, path in zip(lists, caches):
-        same_files(path, build_token_cache(files, tokenizer, cache_dir=tmp_path / "fresh").path)
-    assert caches[2] == caches[0] and sorted(p.name for p in root.iterdir()) == sorted({p.name for p in caches})
-
-    # a rerun finds them warm; an interrupted one keeps the shards it wrote
-    written.clear()
-    build_caches_on_ranks(lists, tokenizer, root, rank=0, **opts)
-    assert written == []
-    staging = staging_dir(lists[0], tokenizer, tmp_path / "again")
-    shards = plan_shards(lists[0], target_bytes=6000, split_text=True)
-    write_shard(shards[0], tokenizer, staging)
-    build_caches_on_ranks(lists[:1], tokenizer, tmp_path / "again", world_size=1, target_bytes=6000)
-    assert (shards[0].path, shards[0].start) not in {w[1:] for w in written} and len(written) == len(shards) - 1
 
 
 def test_units_resumed_by_a_writer_match(tokenizer, corpus, tmp_path):

@@ -96,7 +96,7 @@ def test_one_lane_in_order_equals_the_token_cache(corpus, tokenizer, tmp_path):
 def test_lanes_read_disjoint_parts_that_cover_the_corpus(corpus, tokenizer, tmp_path, extra_lanes):
     """Each lane's first pass: no unit of text is read by two lanes, and together they read every unit
     (with 3 lanes more than shards, lanes share shards unit by unit)."""
-    from lmtrain.data.shards import iter_units
+    from lmtrain.data.shard_reader import iter_units
 
     # shared shards need several units each: records (a .txt range of 2 kB is one unit)
     ds = stream(corpus if extra_lanes < 0 else corpus[1:], tokenizer, tmp_path, write_cache=False)
@@ -183,7 +183,7 @@ def test_two_sources_mixed_by_weight(corpus, tokenizer, tmp_path):
 
 def test_a_lane_without_text_is_one_line_error(corpus, tokenizer, tmp_path):
     ds = stream(corpus[:1], tokenizer, tmp_path, shard_bytes=1 << 30, write_cache=False)  # one shard
-    units = sum(1 for _ in __import__("lmtrain.data.shards").data.shards.iter_units(ds.shards[0][0]))
+    units = sum(1 for _ in __import__("lmtrain.data.shard_reader").data.shard_reader.iter_units(ds.shards[0][0]))
     ds.workers = units + 1
     with pytest.raises(DataError, match="fewer --dataloader_num_workers"):
         list(zip(range(2), ds._lane_blocks(units)))

@@ -47,34 +47,7 @@ def cmd_prepare(argv: Sequence[str]) -> int:
     else:
         tokenizer = tokenizer_for(margs, files, d)
         start = time.perf_counter()
-    if sources:  # each source's own cache, as `lmtrain train` builds them
-        mixture, _, mixed = prepare_mixture(
-            sources,
-            tokenizer,
-            d.block_size,
-            validation_files=resolve_files(d.validation_file) if d.validation_file else None,
-            mlm=p.mlm,
-            validation_split_percentage=d.validation_split_percentage,
-            cache_dir=d.cache_dir,
-            text_column=d.text_column,
-            encoding_errors=d.encoding_errors,
-            overwrite_cache=d.overwrite_cache,
-            packing=d.packing,
-            exhausted=d.mix_exhausted,
-        )
-        for s in mixed["sources"]:
-            print(
-                f"source {s['name']} (weight {s['weight']:.3g}): documents {s['train_documents']:,}, "
-                f"tokens {s['train_tokens']:,}, blocks {s['train_blocks']:,} train, {s['eval_blocks']:,} validation, "
-                f"packing {describe_packing(s)}, cache {', '.join(s['cache_dirs'])}"
-            )
-        head = describe_mixture(mixture, mixed, d.block_size).splitlines()[0]
-        print(f"{head}\ntime: {time.perf_counter() - start:.2f}s")
-        return 0
-    _, _, info = prepare_datasets(
-        files,
-        tokenizer,
-        d.block_size,
+    opts: dict[str, Any] = dict(  # what prepare_mixture and prepare_datasets both take
         validation_files=resolve_files(d.validation_file) if d.validation_file else None,
         mlm=p.mlm,
         validation_split_percentage=d.validation_split_percentage,
@@ -84,6 +57,18 @@ def cmd_prepare(argv: Sequence[str]) -> int:
         overwrite_cache=d.overwrite_cache,
         packing=d.packing,
     )
+    if sources:  # each source's own cache, as `lmtrain train` builds them
+        mixture, _, mixed = prepare_mixture(sources, tokenizer, d.block_size, exhausted=d.mix_exhausted, **opts)
+        for s in mixed["sources"]:
+            print(
+                f"source {s['name']} (weight {s['weight']:.3g}): documents {s['train_documents']:,}, "
+                f"tokens {s['train_tokens']:,}, blocks {s['train_blocks']:,} train, {s['eval_blocks']:,} validation, "
+                f"packing {describe_packing(s)}, cache {', '.join(s['cache_dirs'])}"
+            )
+        head = describe_mixture(mixture, mixed, d.block_size).splitlines()[0]
+        print(f"{head}\ntime: {time.perf_counter() - start:.2f}s")
+        return 0
+    _, _, info = prepare_datasets(files, tokenizer, d.block_size, **opts)
     print(
         f"documents: {info['train_documents']:,}\ntokens: {info['train_tokens']:,}\n"
         f"blocks: {info['train_blocks']:,} train, {info['eval_blocks']:,} validation (block_size {d.block_size})\n"
@@ -104,7 +89,7 @@ def _prepare_on_ranks(margs: ModelArguments, d: DataArguments, files: List[Any],
 
     import torch.distributed as dist
 
-    from ..data.shard_cache import build_caches_on_ranks
+    from ..data.prepare_ranks import build_caches_on_ranks
     from ..data.token_cache import cache_root
 
     # generous: ranks wait at the barriers while the others tokenize, and while rank 0 assembles

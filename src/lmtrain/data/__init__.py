@@ -28,7 +28,8 @@ _EXPORTS = {
     "pack": ["BlockDataset", "num_blocks", "split_blocks", "prepare_datasets"],
     "mixture": ["MixSchedule", "MixtureDataset", "parse_sources", "prepare_mixture"],
     "packing": ["PackedRowDataset", "best_fit_rows"],
-    "shards": ["Shard", "plan_shards", "iter_units"],
+    "shards": ["Shard", "plan_shards"],
+    "shard_reader": ["iter_units"],
     "streaming": ["StreamingDataset", "prepare_streaming"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

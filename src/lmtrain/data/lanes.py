@@ -45,7 +45,7 @@ def assign_shards(sizes: Sequence[int], lanes: int) -> List[List[tuple[int, int,
     least loaded lane, so lanes carry about the same bytes). With fewer, lanes share shards unit by
     unit: the ``k`` lanes on shard ``s`` take its units ``offset, offset + k, ...``.
     """
-    from lmtrain.data.shard_cache import balance
+    from lmtrain.data.prepare_ranks import balance
 
     n = len(sizes)
     if n == 0:
@@ -111,7 +111,7 @@ class LaneReader:
     def _next_unit(self) -> tuple[Any, Any]:
         """The next unit of text this lane owns and the cache writer of its shard (or None), moving on to
         the next shard (and pass) as needed."""
-        from lmtrain.data.shards import iter_units
+        from lmtrain.data.shard_reader import iter_units
 
         st, s = self.state, self.stream
         empty_shards = 0

@@ -6,7 +6,6 @@ token array; train and validation views of one corpus share the same array.
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -18,9 +17,13 @@ from lmtrain.data.packing import (
     PackedRowDataset,
     PackedRows,
     bos_aligned_rows,
+    check_block_inputs,
     check_packing,
     concat_stats,
+    memmap_state,
     model_items,
+    open_memmap_state,
+    selected_blocks,
 )
 from lmtrain.data.readers import resolve_files
 from lmtrain.data.token_cache import build_token_cache
@@ -63,12 +66,7 @@ class BlockDataset(Dataset):
         sep_token_id: int | None = None,
         bytes_per_token: float | None = None,
     ) -> None:
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-        if mlm and (cls_token_id is None or sep_token_id is None):
-            raise DataError(
-                "masked-LM blocks need cls and sep token ids; use a tokenizer with cls/bos and sep/eos tokens"
-            )
+        check_block_inputs(tokens, mlm, cls_token_id, sep_token_id)
         self.tokens = tokens
         self.block_size = int(block_size)
         self.mlm = bool(mlm)
@@ -96,34 +94,15 @@ class BlockDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """Read a whole batch of blocks with one fancy-indexing call."""
-        idx = np.asarray(indices, dtype=np.int64)
-        n = len(self.block_indices)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} blocks")
-        starts = self.block_indices[idx] * self.window
+        starts = selected_blocks(self.block_indices, indices, "blocks") * self.window
         rows = np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int64)
         return model_items(rows, self.mlm, self.cls_token_id, self.sep_token_id)
 
-    # Pickling (DataLoader workers): re-open a memory map by path instead of
-    # copying the corpus into every worker.
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        t = self.tokens
-        if isinstance(t, np.memmap) and isinstance(t.base, mmap.mmap) and t.filename:
-            # Only a memmap object np.memmap created itself has a trustworthy
-            # filename/offset; slices of it are pickled as data below.
-            state["tokens"] = None
-            state["_memmap"] = (str(t.filename), t.dtype.str, int(t.offset), t.shape)
-        else:
-            state["tokens"] = np.ascontiguousarray(t)
-        return state
+        return memmap_state(self.__dict__)  # a memory map travels as its path
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        spec = state.pop("_memmap", None)
-        self.__dict__.update(state)
-        if spec is not None:
-            filename, dtype, offset, shape = spec
-            self.tokens = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+        self.__dict__.update(open_memmap_state(state))
 
     def __repr__(self) -> str:
         kind = "mlm" if self.mlm else "clm"
@@ -192,8 +171,8 @@ def prepare_datasets(
         raise ConfigError(f"validation_split_percentage must be in [0, 100); got {validation_split_percentage}")
     cls_id = sep_id = None
     if mlm:
-        cls_id = _first_id(tokenizer, "cls_token_id", "bos_token_id")
-        sep_id = _first_id(tokenizer, "sep_token_id", "eos_token_id")
+        cls_id = first_token_id(tokenizer, "cls_token_id", "bos_token_id")
+        sep_id = first_token_id(tokenizer, "sep_token_id", "eos_token_id")
         if cls_id is None or sep_id is None:
             missing = "cls_token or bos_token" if cls_id is None else "sep_token or eos_token"
             raise DataError(
@@ -203,8 +182,8 @@ def prepare_datasets(
     train_cache = build_token_cache(_as_files(train_files), tokenizer, cache_dir, **opts)
     n_train = train_cache.num_tokens
     window = _window(block_size, mlm)
-    bos_id = None if mlm else _first_id(tokenizer, "bos_token_id", "eos_token_id", "sep_token_id")
-    eos_id = _first_id(tokenizer, "eos_token_id", "sep_token_id")  # the cache's separator
+    bos_id = None if mlm else first_token_id(tokenizer, "bos_token_id", "eos_token_id", "sep_token_id")
+    eos_id = first_token_id(tokenizer, "eos_token_id", "sep_token_id")  # the cache's separator
 
     def rows_of(cache: Any) -> PackedRows | None:
         return bos_aligned_rows(cache.doc_offsets, window, bos_id, eos_id) if packing == "bos_aligned" else None
@@ -268,7 +247,7 @@ def prepare_datasets(
     return train_ds, eval_ds, info
 
 
-def _first_id(tokenizer: Any, *names: str) -> int | None:
+def first_token_id(tokenizer: Any, *names: str) -> int | None:
     # Not `a or b`: token id 0 is a valid id.
     for name in names:
         value = getattr(tokenizer, name, None)

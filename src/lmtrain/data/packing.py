@@ -38,9 +38,13 @@ __all__ = [
     "best_fit_row",
     "best_fit_rows",
     "bos_aligned_rows",
+    "check_block_inputs",
     "check_packing",
     "concat_stats",
     "describe_packing",
+    "memmap_state",
+    "open_memmap_state",
+    "selected_blocks",
 ]
 
 PACKINGS = ("concat", "bos_aligned")
@@ -270,6 +274,50 @@ def model_items(
     return [{"input_ids": input_ids[k], "labels": labels[k]} for k in range(len(rows))]
 
 
+def check_block_inputs(tokens: np.ndarray, mlm: bool, cls_token_id: int | None, sep_token_id: int | None) -> None:
+    """What a block dataset needs: 1-D ``tokens``, and [CLS] and [SEP] ids for masked-LM blocks."""
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+    if mlm and (cls_token_id is None or sep_token_id is None):
+        raise DataError("masked-LM blocks need cls and sep token ids; use a tokenizer with cls/bos and sep/eos tokens")
+
+
+def selected_blocks(block_indices: np.ndarray, indices: Sequence[int], what: str) -> np.ndarray:
+    """``block_indices[indices]`` (negative indices count from the end); an IndexError naming ``what`` if one
+    is out of range."""
+    idx = np.asarray(indices, dtype=np.int64)
+    n = len(block_indices)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"index out of range for {n} {what}")
+    return block_indices[idx]
+
+
+def memmap_state(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a block dataset's ``__dict__`` to pickle (DataLoader workers): ``tokens`` as its path if it
+    is a file's memory map, re-opened by :func:`open_memmap_state`, instead of copying the corpus into
+    every worker; as data otherwise."""
+    state = dict(attrs)
+    t = state["tokens"]
+    if isinstance(t, np.memmap) and isinstance(t.base, mmap.mmap) and t.filename:
+        # Only a memmap object np.memmap created itself has a trustworthy
+        # filename/offset; slices of it are pickled as data below.
+        state["tokens"] = None
+        state["_memmap"] = (str(t.filename), t.dtype.str, int(t.offset), t.shape)
+    else:
+        state["tokens"] = np.ascontiguousarray(t)
+    return state
+
+
+def open_memmap_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The attributes :func:`memmap_state` pickled, ``tokens`` opened again."""
+    attrs = dict(state)
+    spec = attrs.pop("_memmap", None)
+    if spec is not None:
+        filename, dtype, offset, shape = spec
+        attrs["tokens"] = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+    return attrs
+
+
 class PackedRowDataset(Dataset):
     """bos_aligned rows of a (memory-mapped) token array, with :class:`~lmtrain.data.pack.BlockDataset`'s
     items (CLM: ``input_ids`` + ``labels``; MLM: ``[cls] + row + [sep]`` + ``attention_mask``).
@@ -288,12 +336,7 @@ class PackedRowDataset(Dataset):
         sep_token_id: int | None = None,
         bytes_per_token: float | None = None,
     ) -> None:
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-        if mlm and (cls_token_id is None or sep_token_id is None):
-            raise DataError(
-                "masked-LM blocks need cls and sep token ids; use a tokenizer with cls/bos and sep/eos tokens"
-            )
+        check_block_inputs(tokens, mlm, cls_token_id, sep_token_id)
         self.block_size = int(block_size)
         self.mlm = bool(mlm)
         self.window = self.block_size - 2 if self.mlm else self.block_size
@@ -319,11 +362,8 @@ class PackedRowDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """Gather a whole batch of rows with a few numpy calls (no loop over tokens or segments)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        n = len(self.block_indices)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"index out of range for {n} rows")
-        return model_items(self.windows(self.block_indices[idx]), self.mlm, self.cls_token_id, self.sep_token_id)
+        rows = self.windows(selected_blocks(self.block_indices, indices, "rows"))
+        return model_items(rows, self.mlm, self.cls_token_id, self.sep_token_id)
 
     def windows(self, row_ids: np.ndarray) -> np.ndarray:
         """The corpus tokens of rows ``row_ids`` (absolute row numbers), int64 (n, window)."""
@@ -340,23 +380,11 @@ class PackedRowDataset(Dataset):
             out[first[lens > 0]] = r.bos_token_id
         return out.reshape(len(row_ids), self.window)
 
-    # Pickling (DataLoader workers): re-open a memory map by path, as BlockDataset does.
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        t = self.tokens
-        if isinstance(t, np.memmap) and isinstance(t.base, mmap.mmap) and t.filename:
-            state["tokens"] = None
-            state["_memmap"] = (str(t.filename), t.dtype.str, int(t.offset), t.shape)
-        else:
-            state["tokens"] = np.ascontiguousarray(t)
-        return state
+        return memmap_state(self.__dict__)  # a memory map travels as its path
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        spec = state.pop("_memmap", None)
-        self.__dict__.update(state)
-        if spec is not None:
-            filename, dtype, offset, shape = spec
-            self.tokens = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+        self.__dict__.update(open_memmap_state(state))
 
     def __repr__(self) -> str:
         kind = "mlm" if self.mlm else "clm"

@@ -10,8 +10,8 @@ bytes in ``tokens.bin`` and ``doc_offsets.npy`` and the same fingerprint as
 :func:`~lmtrain.data.token_cache.build_token_cache` builds from the same files,
 tokenizer and options, which therefore finds it warm.
 
-:func:`build_caches_on_ranks` is the work of ``lmtrain prepare`` under torchrun:
-every rank plans the same shards, writes its share, and rank 0 assembles.
+:func:`lmtrain.data.prepare_ranks.build_caches_on_ranks` (``lmtrain prepare``
+under torchrun) has many ranks write the shards of one cache with these.
 """
 
 from __future__ import annotations
@@ -25,20 +25,21 @@ import uuid
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from lmtrain.data.encoders import best_encoder, encoder_name, splitting_is_exact
-from lmtrain.data.shards import Shard, iter_units, no_text_error, plan_shards, shard_files
+from lmtrain.data.shard_reader import iter_units, no_text_error
+from lmtrain.data.shards import Shard, shard_files
 from lmtrain.data.token_cache import (
-    _OFFSETS_FILE,
-    _TOKENS_FILE,
+    OFFSETS_FILE,
+    TOKENS_FILE,
     TokenCache,
-    _move_into_place,
-    _separator_id,
     cache_fingerprint,
     cache_root,
+    move_into_place,
+    separator_id,
     token_dtype,
     write_meta,
 )
@@ -55,8 +56,7 @@ __all__ = [
     "missing_shards",
     "assemble",
     "assemble_if_complete",
-    "balance",
-    "build_caches_on_ranks",
+    "complete_cache",
 ]
 
 _STAGING_SUFFIX = ".shards"
@@ -279,7 +279,7 @@ def assemble(
     files = shard_files(shards)
     vocab_size = len(tokenizer)
     dtype = token_dtype(vocab_size)
-    eos = _separator_id(tokenizer) if append_eos else None
+    eos = separator_id(tokenizer) if append_eos else None
     parts = [_read_shard(staging, s) for s in shards]
     missing = [s.index for s, part in zip(shards, parts) if part is None]
     if missing:
@@ -309,7 +309,7 @@ def assemble(
     try:
         offsets = [np.zeros(1, dtype=np.int64)]
         total = num_bytes = 0
-        with open(tmp / _TOKENS_FILE, "wb") as out:
+        with open(tmp / TOKENS_FILE, "wb") as out:
             for part in parts:
                 assert part is not None
                 total = _copy_with_eos(part.tokens(dtype), part.ends, eos, out, total, offsets)
@@ -319,7 +319,7 @@ def assemble(
         if total == 0:
             raise DataError(f"the input files ({', '.join(map(str, files))}) produced no tokens; add text to them")
         all_offsets = np.concatenate(offsets)
-        np.save(tmp / _OFFSETS_FILE, all_offsets)
+        np.save(tmp / OFFSETS_FILE, all_offsets)
         fp = final.name[len("tokens-") :]
         write_meta(tmp, total, len(all_offsets) - 1, num_bytes, dtype, vocab_size, fp, files, encoder)
         _place(tmp, final, overwrite)
@@ -357,12 +357,13 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> None:
             os.rename(tmp, final)  # fails if another process put a (non-empty) cache there first
             return
         except OSError:
-            if _complete(final) is not None:
+            if complete_cache(final) is not None:
                 return  # theirs is the same cache: never move it away under its readers
-    _move_into_place(tmp, final)
+    move_into_place(tmp, final)
 
 
-def _complete(path: Path) -> Optional[TokenCache]:
+def complete_cache(path: Path) -> Optional[TokenCache]:
+    """The complete token cache at ``path``, or None (missing, or not finished)."""
     try:
         return TokenCache.load(path) if path.is_dir() else None
     except DataError:
@@ -383,96 +384,15 @@ def assemble_if_complete(
     """
     staging = Path(staging_dir)
     final = cache_dir_of(staging)
-    done = _complete(final)
+    done = complete_cache(final)
     if done is None:
         if missing_shards(staging, shards):
-            return _complete(final)  # None, unless another process assembled it (removing the shards) just now
+            return complete_cache(final)  # None, unless another process assembled it (removing the shards) just now
         try:
             return assemble(staging, shards, tokenizer, append_eos=append_eos, text_column=text_column)
         except (OSError, ValueError):
-            done = _complete(final)  # another process assembled it (and removed the shards) first
+            done = complete_cache(final)  # another process assembled it (and removed the shards) first
             if done is None:
                 raise
     shutil.rmtree(staging, ignore_errors=True)
     return done
-
-
-def balance(sizes: Sequence[int], parts: int) -> list[list[int]]:
-    """Indices of ``sizes`` dealt into ``parts`` lists of about equal total: largest first onto the least loaded."""
-    load = [0] * parts
-    out: list[list[int]] = [[] for _ in range(parts)]
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
-        p = min(range(parts), key=lambda j: (load[j], j))
-        load[p] += sizes[i]
-        out[p].append(i)
-    return [sorted(x) for x in out]
-
-
-def _encoder_for_rank(tokenizer: Any) -> Any:
-    """The exact encoder, with this process's share of the machine's cores when torchrun started several on it."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    if local > 1:
-        from lmtrain.data.fast_bpe import make_fast_encoder
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        fast = make_fast_encoder(tokenizer, num_threads=max(1, cores // local))
-        if fast is not None:
-            return fast
-    return best_encoder(tokenizer)
-
-
-def shard_target(total_bytes: int, world_size: int) -> int:
-    """Shard size for ``world_size`` processes: about 4 shards each, between 64 KiB and 64 MiB."""
-    return min(64 << 20, max(64 << 10, total_bytes // (4 * max(1, world_size))))
-
-
-def build_caches_on_ranks(
-    file_lists: Sequence[Sequence[Path]],
-    tokenizer: "PreTrainedTokenizerBase",
-    cache_dir: str | Path | None = None,
-    *,
-    text_column: str = "text",
-    encoding_errors: str = "strict",
-    overwrite: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-    barrier: Callable[[], None] = lambda: None,
-    target_bytes: Optional[int] = None,
-) -> list[Path]:
-    """Build the token cache of each file list, ``world_size`` processes sharing the work; returns their dirs.
-
-    Every rank must call this with the same arguments (``barrier`` waits for all of
-    them). Each plans the same shards, writes the shards dealt to it (shards
-    already written by an interrupted run are kept, unless ``overwrite``), and after
-    a barrier rank 0 assembles each cache; a second barrier ends the call.
-    Complete caches are left as they are, unless ``overwrite``.
-    """
-    opts: dict[str, Any] = dict(text_column=text_column, encoding_errors=encoding_errors)
-    lists = [[Path(f) for f in files] for files in file_lists]
-    if not all(lists):
-        raise DataError("no input files given; pass --train_file PATH")
-    stagings = [staging_dir(files, tokenizer, cache_dir, **opts) for files in lists]
-    encode: Any = _encoder_for_rank(tokenizer)
-    try:
-        split_text = splitting_is_exact(encode, tokenizer)
-        jobs: list[tuple[Path, Shard]] = []
-        todo: dict[Path, list[Shard]] = {}  # one entry per cache (validation files may be the training files)
-        for files, staging in zip(lists, stagings):
-            if staging in todo or (not overwrite and _complete(cache_dir_of(staging)) is not None):
-                continue  # planned already, or warm
-            target = target_bytes or shard_target(sum(f.stat().st_size for f in files if f.is_file()), world_size)
-            todo[staging] = plan_shards(files, target, split_text=split_text)
-            jobs += [(staging, s) for s in todo[staging]]
-        for i in balance([s.size for _, s in jobs], world_size)[rank]:
-            staging, shard = jobs[i]
-            if overwrite or _read_shard(staging, shard) is None:
-                write_shard(shard, tokenizer, staging, text_column, encoding_errors, split_text, encode)
-        barrier()
-        if rank == 0:
-            name = encoder_name(encode)
-            for staging, shards in todo.items():
-                assemble(staging, shards, tokenizer, text_column=text_column, encoder=name, overwrite=overwrite)
-        barrier()
-    finally:
-        getattr(encode, "close", lambda: None)()
-    return [cache_dir_of(staging) for staging in stagings]

@@ -73,10 +73,10 @@ class StreamingDataset(IterableDataset):
         packing: str = "concat",
     ) -> None:
         from lmtrain.data.encoders import best_encoder, splitting_is_exact
-        from lmtrain.data.pack import _first_id
+        from lmtrain.data.pack import first_token_id
         from lmtrain.data.readers import resolve_files
         from lmtrain.data.shards import plan_shards
-        from lmtrain.data.token_cache import _separator_id
+        from lmtrain.data.token_cache import separator_id, token_dtype
 
         if sources and isinstance(sources[0], (str, Path)):
             sources = [sources]
@@ -90,15 +90,15 @@ class StreamingDataset(IterableDataset):
             raise ConfigError(f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more")
         self.cls_id = self.sep_id = None
         if mlm:
-            self.cls_id = _first_id(tokenizer, "cls_token_id", "bos_token_id")
-            self.sep_id = _first_id(tokenizer, "sep_token_id", "eos_token_id")
+            self.cls_id = first_token_id(tokenizer, "cls_token_id", "bos_token_id")
+            self.sep_id = first_token_id(tokenizer, "sep_token_id", "eos_token_id")
             if self.cls_id is None or self.sep_id is None:
                 raise DataError("masked-LM blocks need cls and sep tokens; use a tokenizer that defines them")
         self.tokenizer = tokenizer
-        self.eos_id: Optional[int] = _separator_id(tokenizer)
+        self.eos_id: Optional[int] = separator_id(tokenizer)
         self.packing = check_packing(packing)
         # bos_aligned documents: CLM [BOS] + ids (+ [EOS] when it differs), MLM ids + [EOS] (as the cache's packer)
-        self.bos_id = None if mlm else _first_id(tokenizer, "bos_token_id", "eos_token_id", "sep_token_id")
+        self.bos_id = None if mlm else first_token_id(tokenizer, "bos_token_id", "eos_token_id", "sep_token_id")
         self.text_column = text_column
         self.encoding_errors = encoding_errors
         self.seed = int(seed)
@@ -118,7 +118,7 @@ class StreamingDataset(IterableDataset):
         from lmtrain.data.mixture import MixSchedule
 
         self.schedule = MixSchedule(self.weights, seed=self.seed) if len(file_lists) > 1 else None
-        self.token_dtype = np.dtype(np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32)
+        self.token_dtype = token_dtype(len(tokenizer))
         self.cache_staging: Optional[List[Optional[str]]] = None
         if write_cache:
             from lmtrain.data.shard_cache import staging_dir

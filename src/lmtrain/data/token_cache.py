@@ -55,7 +55,7 @@ PIPELINE_VERSION = "1"
 # Long documents are encoded in pieces (see lmtrain.data.readers.text.PIECE_CHARS) and the
 # pieces are sent to the tokenizer in batches of about this many characters.
 _BATCH_CHARS = 1 << 20
-_TOKENS_FILE, _OFFSETS_FILE, _META_FILE = "tokens.bin", "doc_offsets.npy", "meta.json"
+TOKENS_FILE, OFFSETS_FILE, META_FILE = "tokens.bin", "doc_offsets.npy", "meta.json"
 
 
 @dataclass
@@ -80,15 +80,15 @@ class TokenCache:
     def load(cls, path: str | Path) -> "TokenCache":
         """Open a complete cache directory (memory-mapped; nothing is read eagerly)."""
         path = Path(path)
-        meta_file = path / _META_FILE
+        meta_file = path / META_FILE
         try:
             meta = json.loads(meta_file.read_text())
             dtype = np.dtype(meta["dtype"])
             n = int(meta["num_tokens"])
-            if not meta.get("complete") or (path / _TOKENS_FILE).stat().st_size != n * dtype.itemsize:
+            if not meta.get("complete") or (path / TOKENS_FILE).stat().st_size != n * dtype.itemsize:
                 raise ValueError("incomplete")
-            tokens = np.memmap(path / _TOKENS_FILE, dtype=dtype, mode="r", shape=(n,))
-            offsets = np.load(path / _OFFSETS_FILE, mmap_mode="r")
+            tokens = np.memmap(path / TOKENS_FILE, dtype=dtype, mode="r", shape=(n,))
+            offsets = np.load(path / OFFSETS_FILE, mmap_mode="r")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(
                 f"{path} is not a complete token cache ({e}); delete it or pass --overwrite_cache"
@@ -152,7 +152,7 @@ def cache_fingerprint(
         text_column=text_column,
         encoding_errors=encoding_errors,
         append_eos=append_eos,
-        eos_id=_separator_id(tokenizer) if append_eos else None,
+        eos_id=separator_id(tokenizer) if append_eos else None,
     )
 
 
@@ -161,7 +161,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _separator_id(tokenizer: Any) -> int:
+def separator_id(tokenizer: Any) -> int:
     for name in ("eos_token_id", "sep_token_id"):
         value = getattr(tokenizer, name, None)
         if value is not None:
@@ -197,7 +197,7 @@ def build_token_cache(
         if not f.is_file():
             raise DataError(f"no such file or directory: {f}; check the path")
     vocab_size = len(tokenizer)
-    eos_id = _separator_id(tokenizer) if append_eos else None
+    eos_id = separator_id(tokenizer) if append_eos else None
     fp = cache_fingerprint(files, tokenizer, text_column, encoding_errors, append_eos)
     root = cache_root(cache_dir)
     final = root / f"tokens-{fp}"
@@ -213,7 +213,7 @@ def build_token_cache(
     tmp.mkdir()
     try:
         _write_cache(tmp, files, tokenizer, text_column, encoding_errors, eos_id, vocab_size, fp, progress)
-        _move_into_place(tmp, final)
+        move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -232,7 +232,7 @@ def _remove_stale_tmp(root: Path, name: str) -> None:
             pass  # not ours to judge
 
 
-def _move_into_place(tmp: Path, final: Path) -> None:
+def move_into_place(tmp: Path, final: Path) -> None:
     # A directory cannot be renamed over a non-empty one: move the old one aside first.
     if final.exists():
         old = final.with_name(f"{final.name}.old-{os.getpid()}")
@@ -243,7 +243,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
     except OSError:
         # Another process finished the same cache first: keep theirs.
-        if not (final / _META_FILE).is_file():
+        if not (final / META_FILE).is_file():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -369,7 +369,7 @@ def _write_cache(
         return lambda n: bar.to(base + n)
 
     try:
-        with open(out / _TOKENS_FILE, "wb") as fh:
+        with open(out / TOKENS_FILE, "wb") as fh:
             for f in files:
                 size = os.stat(f).st_size
                 if can_split and is_text_file(f):  # one document, streamed in pieces
@@ -393,7 +393,7 @@ def _write_cache(
     num_documents = len(offsets) - 1
     if num_tokens == 0:
         raise DataError(f"the input files ({', '.join(map(str, files))}) produced no tokens; add text to them")
-    np.save(out / _OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    np.save(out / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     write_meta(out, num_tokens, num_documents, num_bytes, dtype, vocab_size, fingerprint, files, encoder_name(encode))
 
 
@@ -421,4 +421,4 @@ def write_meta(
         "encoder": encoder,  # informational: both encoders give the same ids
         "complete": True,
     }
-    (out / _META_FILE).write_text(json.dumps(meta, indent=1))
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))

@@ -23,7 +23,8 @@ def _text_stream(raw: IO[bytes], errors: str) -> io.TextIOWrapper:
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
 
 
-def _column_value(path: Path, where: str, record: object, column: str) -> str | None:
+def column_value(path: Path, where: str, record: object, column: str) -> str | None:
+    """``record``'s text in ``column`` (None if null); a one-line DataError naming ``where`` otherwise."""
     if not isinstance(record, dict):
         raise DataError(f'{where} is not a JSON object; each record must look like {{"{column}": "..."}}')
     if column not in record:
@@ -62,7 +63,7 @@ def iter_json(path: Path, raw: IO[bytes], base: str, column: str, errors: str) -
                 ) from None
             del rest
             for i, rec in enumerate(records):
-                value = _column_value(path, f"{path}[{i}]", rec, column)
+                value = column_value(path, f"{path}[{i}]", rec, column)
                 if value:
                     yield value
             return
@@ -76,7 +77,7 @@ def iter_json(path: Path, raw: IO[bytes], base: str, column: str, errors: str) -
             raise DataError(
                 f"{path}:{lineno} is not valid JSON: {e.msg} (column {e.colno}); each line must be one JSON object"
             ) from None
-        value = _column_value(path, f"{path}:{lineno}", rec, column)
+        value = column_value(path, f"{path}:{lineno}", rec, column)
         if value:
             yield value
 
