@@ -74,7 +74,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
     sources = parse_sources(data_args.train_file) if data_args.train_file else None  # path:weight entries
     if sources:
         check_exhausted(data_args.mix_exhausted)  # before tokenizing
-        train_files = [f for source in sources for f in resolve_files([source.path])]
+        source_files = [resolve_files([source.path]) for source in sources]
+        train_files = [f for files in source_files for f in files]
     elif data_args.train_file:
         train_files = resolve_files(data_args.train_file)
     else:
@@ -117,14 +118,15 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
         max_positions=max_positions(model),
         packing=data_args.packing,
     )
-    streaming = data_args.streaming and not _warm_cache(data_args, sources, train_files, tokenizer)
+    file_lists = source_files if sources else [train_files]  # one list per source
+    streaming = data_args.streaming and not _warm_cache(data_args, file_lists, tokenizer)
     if streaming:  # tokenized while training: the first step comes in seconds
         if train_args.max_steps <= 0:
             raise ConfigError("--streaming needs --max_steps N (a stream has no length to make epochs of)")
         from ..data.streaming import describe_streaming, prepare_streaming
 
         train_ds, eval_ds, info = prepare_streaming(
-            [resolve_files([s.path]) for s in sources] if sources else [train_files],
+            file_lists,
             tokenizer,
             data_args.block_size,
             weights=[s.weight for s in sources] if sources else None,
@@ -212,16 +214,14 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Any
     return 0
 
 
-def _warm_cache(data_args: DataArguments, sources: Any, train_files: List[Any], tokenizer: Any) -> bool:
+def _warm_cache(data_args: DataArguments, file_lists: List[List[Any]], tokenizer: Any) -> bool:
     """--streaming over files whose token caches are complete reads the caches (said in one line), unless it
     resumes a streamed run: its checkpoint holds stream positions."""
     if data_args.resume or data_args.overwrite_cache:
         return False
-    from ..data.readers import resolve_files
     from ..data.streaming import cached_already
 
-    lists = [resolve_files([s.path]) for s in sources] if sources else [train_files]
-    if not cached_already(lists, tokenizer, data_args.cache_dir, data_args.text_column, data_args.encoding_errors):
+    if not cached_already(file_lists, tokenizer, data_args.cache_dir, data_args.text_column, data_args.encoding_errors):
         return False
     say("--streaming: the token cache of these files is complete, so training reads it instead")
     return True
