@@ -81,10 +81,10 @@ def save_checkpoint(
             torch.save(rng.capture(distributed), os.path.join(tmp, rng.file_name(0, distributed)))
             for path in other_ranks_rng or []:
                 os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
-        for path in rank_files or []:
-            os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
             if extra:
                 torch.save(extra, os.path.join(tmp, EXTRA))
+        for path in rank_files or []:  # each rank's stream position, written beside the checkpoint by that rank
+            os.replace(path, os.path.join(tmp, os.path.basename(path).split(".", 2)[-1]))
         state.save_to_json(os.path.join(tmp, "trainer_state.json"))
         with open(os.path.join(tmp, LMTRAIN_STATE), "w", encoding="utf-8") as f:
             json.dump(state.lmtrain_state_dict(), f, indent=2, sort_keys=True)
