@@ -169,15 +169,7 @@ def prepare_datasets(
         )
     if not 0 <= validation_split_percentage < 100:
         raise ConfigError(f"validation_split_percentage must be in [0, 100); got {validation_split_percentage}")
-    cls_id = sep_id = None
-    if mlm:
-        cls_id = first_token_id(tokenizer, "cls_token_id", "bos_token_id")
-        sep_id = first_token_id(tokenizer, "sep_token_id", "eos_token_id")
-        if cls_id is None or sep_id is None:
-            missing = "cls_token or bos_token" if cls_id is None else "sep_token or eos_token"
-            raise DataError(
-                f"the tokenizer has no {missing}, which masked-LM blocks need; use a tokenizer that defines one"
-            )
+    cls_id, sep_id = mlm_special_ids(tokenizer) if mlm else (None, None)
     opts: dict[str, Any] = dict(text_column=text_column, encoding_errors=encoding_errors, overwrite=overwrite_cache)
     train_cache = build_token_cache(_as_files(train_files), tokenizer, cache_dir, **opts)
     n_train = train_cache.num_tokens
@@ -245,6 +237,18 @@ def prepare_datasets(
         **(concat_stats(n_train, window) if train_rows is None else train_rows.stats).info(),
     }
     return train_ds, eval_ds, info
+
+
+def mlm_special_ids(tokenizer: Any) -> tuple[int, int]:
+    """The ids around a masked-LM block: [CLS] (else BOS) and [SEP] (else EOS); a DataError naming the one missing."""
+    cls_id = first_token_id(tokenizer, "cls_token_id", "bos_token_id")
+    sep_id = first_token_id(tokenizer, "sep_token_id", "eos_token_id")
+    if cls_id is None or sep_id is None:
+        missing = "cls_token or bos_token" if cls_id is None else "sep_token or eos_token"
+        raise DataError(
+            f"the tokenizer has no {missing}, which masked-LM blocks need; use a tokenizer that defines one"
+        )
+    return cls_id, sep_id
 
 
 def first_token_id(tokenizer: Any, *names: str) -> int | None:

@@ -73,7 +73,7 @@ class StreamingDataset(IterableDataset):
         packing: str = "concat",
     ) -> None:
         from lmtrain.data.encoders import best_encoder, splitting_is_exact
-        from lmtrain.data.pack import first_token_id
+        from lmtrain.data.pack import first_token_id, mlm_special_ids
         from lmtrain.data.readers import resolve_files
         from lmtrain.data.shards import plan_shards
         from lmtrain.data.token_cache import separator_id, token_dtype
@@ -88,12 +88,8 @@ class StreamingDataset(IterableDataset):
         self.window = self.block_size - 2 if mlm else self.block_size
         if self.window < 1:
             raise ConfigError(f"block_size {block_size} is too small; pass --block_size {3 if mlm else 1} or more")
-        self.cls_id = self.sep_id = None
-        if mlm:
-            self.cls_id = first_token_id(tokenizer, "cls_token_id", "bos_token_id")
-            self.sep_id = first_token_id(tokenizer, "sep_token_id", "eos_token_id")
-            if self.cls_id is None or self.sep_id is None:
-                raise DataError("masked-LM blocks need cls and sep tokens; use a tokenizer that defines them")
+        ids: tuple[Optional[int], Optional[int]] = mlm_special_ids(tokenizer) if mlm else (None, None)
+        self.cls_id, self.sep_id = ids
         self.tokenizer = tokenizer
         self.eos_id: Optional[int] = separator_id(tokenizer)
         self.packing = check_packing(packing)
@@ -362,18 +358,13 @@ def cached_already(
 ) -> bool:
     """Whether every source's token cache is complete (an earlier run or prepare built it): then
     reading it beats streaming."""
-    from lmtrain.data.shard_cache import cache_dir_of, staging_dir
-    from lmtrain.data.token_cache import TokenCache
+    from lmtrain.data.shard_cache import cache_dir_of, complete_cache, staging_dir
 
-    for files in file_lists:
-        staging = staging_dir(
-            list(files), tokenizer, cache_dir, text_column=text_column, encoding_errors=encoding_errors
-        )
-        try:
-            TokenCache.load(cache_dir_of(staging))
-        except DataError:
-            return False
-    return True
+    return all(
+        complete_cache(cache_dir_of(staging_dir(list(files), tokenizer, cache_dir, text_column, encoding_errors)))
+        is not None
+        for files in file_lists
+    )
 
 
 def prepare_streaming(
